@@ -27,8 +27,8 @@ Where we deliberately differ from upstream:
   when its value is a number or null. A counter key that is sensitive for another reason
   too (``secret_tokens``, ``session_tokens``) is still redacted, and a string under a
   counter key is still redacted: only numbers are harmless. OpenAI's
-  ``*_tokens_details`` objects (``{"cached_tokens": 0, ...}``) are walked rather than
-  replaced, so their counters survive and anything else inside is still checked.
+  ``*_tokens_details`` objects (``{"cached_tokens": 0, ...}``) keep their numeric
+  entries; anything else inside them is redacted.
 * **``keep_keys``.** The tape's ``model_token`` event carries the streamed model text
   under the key ``token``; upstream stores ``"token":"<redacted>"`` for every one. The
   caller passes ``keep_keys=frozenset({"token"})`` for that event type. The allowlist
@@ -49,7 +49,7 @@ output changes nothing, so re-sanitising a stored payload (replay, export) is sa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any
 from urllib.parse import unquote
 
@@ -57,6 +57,7 @@ import orjson
 
 __all__ = [
     "MAX_DEPTH",
+    "MIN_SECRET_LEN",
     "REDACTED",
     "contains_secret",
     "redact_diagnostics",
@@ -178,9 +179,7 @@ def _matches_marker(key: str, markers: tuple[str, ...]) -> bool:
     # The compact form catches camelCase spellings of multi-word markers ("privateKey",
     # "vaultRef"). Only multi-word markers: "sig" would otherwise match "is_ignored".
     compact = normalised.replace("_", "")
-    return any(
-        m in normalised or ("_" in m and m.replace("_", "") in compact) for m in markers
-    )
+    return any(m in normalised or ("_" in m and m.replace("_", "") in compact) for m in markers)
 
 
 def _is_payload_key_sensitive(key: str) -> bool:
@@ -216,6 +215,26 @@ def _is_token_details_key(key: str, markers: tuple[str, ...]) -> bool:
     if not snake.endswith("_tokens_details"):
         return False
     return not _matches_marker(snake.replace("token", "_"), markers)
+
+
+def _token_details(
+    obj: dict[Any, Any], is_sensitive: Callable[[str], bool], markers: tuple[str, ...]
+) -> tuple[dict[Any, Any], bool]:
+    """Keep the counters of a ``*_tokens_details`` object, redact everything else.
+
+    These objects hold only counts (``cached_tokens``, ``audio_tokens``, ...); anything
+    that is not a number or null in there is unexpected, and unexpected is redacted.
+    """
+    out: dict[Any, Any] = {}
+    redacted = False
+    for key, value in obj.items():
+        name = key if isinstance(key, str) else str(key)
+        if _is_number_or_null(value) and (not is_sensitive(name) or _is_count_key(name, markers)):
+            out[key] = value
+        else:
+            out[key] = REDACTED
+            redacted = True
+    return out, redacted
 
 
 def _looks_like_secret(text: str) -> bool:
@@ -325,7 +344,9 @@ def _walk_object(obj: dict[Any, Any], keep_keys: Set[str], depth: int) -> tuple[
                 out[key] = child
                 continue
             if isinstance(child, dict) and _is_token_details_key(name, _PAYLOAD_KEY_MARKERS):
-                out[key], hit = _walk(child, frozenset(), depth + 1)
+                out[key], hit = _token_details(
+                    child, _is_payload_key_sensitive, _PAYLOAD_KEY_MARKERS
+                )
                 redacted |= hit
                 continue
             out[key] = REDACTED
@@ -365,43 +386,52 @@ def redact_diagnostics(obj: Any) -> Any:
     return _redact_diag(obj, None, 0)
 
 
-def _redact_diag(value: Any, key: str | None, depth: int) -> Any:
+def _text_mode(key: str, inherited: str | None) -> str | None:
+    """Which text redactor strings under ``key`` get: "url", "message" or None."""
+    normalised = _normalise_key(key)
+    if any(m in normalised for m in _URL_KEY_MARKERS):
+        return "url"
+    if any(m in normalised for m in _MESSAGE_KEY_MARKERS):
+        return "message"
+    # A neutral key keeps its parent's mode: in {"last_error": {"text": ...}} the text is
+    # still an error message.
+    return inherited
+
+
+def _redact_diag(value: Any, mode: str | None, depth: int) -> Any:
     if depth > MAX_DEPTH:
         return REDACTED
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for k, child in value.items():
             name = k if isinstance(k, str) else str(k)
+            child_mode = _text_mode(name, mode)
             if _is_diagnostic_key_sensitive(name):
                 if _is_number_or_null(child) and _is_count_key(name, _DIAGNOSTIC_KEY_MARKERS):
                     out[k] = child
                 elif isinstance(child, dict) and _is_token_details_key(
                     name, _DIAGNOSTIC_KEY_MARKERS
                 ):
-                    out[k] = _redact_diag(child, name, depth + 1)
+                    out[k], _ = _token_details(
+                        child, _is_diagnostic_key_sensitive, _DIAGNOSTIC_KEY_MARKERS
+                    )
                 else:
                     out[k] = REDACTED
                 continue
-            out[k] = _redact_diag(child, name, depth + 1)
+            out[k] = _redact_diag(child, child_mode, depth + 1)
         return out
     if isinstance(value, list | tuple):
         # Arrays inherit the key context: every string in "endpoints": [...] is a URL.
-        return [_redact_diag(item, key, depth + 1) for item in value]
+        return [_redact_diag(item, mode, depth + 1) for item in value]
     if isinstance(value, str):
-        return _redact_diag_string(value, key)
+        if mode == "url":
+            return redact_url(value)
+        if mode == "message":
+            return redact_message(value)
+        # Any other string can still quote a URL (a status line, a config value);
+        # userinfo and signed query strings are never wanted in a bundle, whatever the key.
+        return _redact_urls_in_text(value)
     return value
-
-
-def _redact_diag_string(text: str, key: str | None) -> str:
-    if key is not None:
-        normalised = _normalise_key(key)
-        if any(m in normalised for m in _URL_KEY_MARKERS):
-            return redact_url(text)
-        if any(m in normalised for m in _MESSAGE_KEY_MARKERS):
-            return redact_message(text)
-    # Any other string can still quote a URL (a "base" under "endpoint", a status line);
-    # userinfo and signed query strings are never wanted in a bundle, whatever the key.
-    return _redact_urls_in_text(text)
 
 
 def _is_sensitive_assignment(key: str, value: str) -> bool:

@@ -17,7 +17,9 @@ they never allow anything on their own.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -110,8 +112,13 @@ class PolicyConfig:
     sensitive_tools: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        lowered = ("allowed_tools", "allowed_skills", "sensitive_actions",
-                   "sensitive_capabilities", "sensitive_tools")
+        lowered = (
+            "allowed_tools",
+            "allowed_skills",
+            "sensitive_actions",
+            "sensitive_capabilities",
+            "sensitive_tools",
+        )
         for name in lowered:
             object.__setattr__(self, name, _names(getattr(self, name), name, lower=True))
         for name in ("allowed_principals", "allowed_channels"):
@@ -206,20 +213,73 @@ def _split_resource(resource: str) -> tuple[dict[str, str], str | None, str | No
     return {"type": "Resource", "id": resource}, None, None
 
 
-_SCHEMA_HANDLE: cedarpy.Schema | None = None
+@functools.cache
+def _schema() -> tuple[cedarpy.Schema, dict[str, frozenset[str]]]:
+    """The parsed schema handle (immutable, shared by every engine) and its attributes."""
+    text = policy_schema()
+    return cedarpy.Schema.from_str(text), _declared_attributes(text)
 
 
-def _schema_handle() -> cedarpy.Schema:
-    global _SCHEMA_HANDLE
-    if _SCHEMA_HANDLE is None:
-        _SCHEMA_HANDLE = cedarpy.Schema.from_str(policy_schema())
-    return _SCHEMA_HANDLE
+_BLOCK_RE = re.compile(r"^(?:entity|type)\s+(\w+)\s*=\s*\{(.*?)\};", re.M | re.S)
+_ENTITY_RE = re.compile(r"^entity\s+([\w\s,]+?)\s*(?:=|;)", re.M)
+_ATTR_RE = re.compile(r"^\s*(\w+)\??\s*:", re.M)
+_VAR_TYPES = {
+    "context": ("RequestContext",),
+    "principal": ("Principal",),
+    "action": (),
+    "resource": ("Resource", "Tool", "Skill", "Channel"),
+}
 
 
-def _policy_ids(text: str) -> dict[str, str]:
-    """Positional policy id (``policy3``) -> ``@id`` annotation (or itself if none)."""
+def _declared_attributes(schema_text: str) -> dict[str, frozenset[str]]:
+    """Attribute names per entity/record type declared in our Cedar schema."""
+    text = re.sub(r"//[^\n]*", "", schema_text)
+    attrs: dict[str, frozenset[str]] = {}
+    for names in _ENTITY_RE.findall(text):
+        for name in names.split(","):
+            attrs.setdefault(name.strip(), frozenset())
+    for name, body in _BLOCK_RE.findall(text):
+        attrs[name] = frozenset(_ATTR_RE.findall(body))
+    return attrs
+
+
+def _impossible_has(node: Any, declared: dict[str, frozenset[str]]) -> list[str]:
+    """``x has attr`` tests on attributes the schema does not declare.
+
+    Cedar's validator types such a test as ``false`` and accepts the policy (at most an
+    "impossible policy" warning, which cedarpy does not surface), so a misspelt
+    ``context has tool_nmae && ...`` would silently never match. We reject it instead.
+    """
+    found: list[str] = []
+    if isinstance(node, dict):
+        has = node.get("has")
+        if isinstance(has, dict) and isinstance(has.get("attr"), str):
+            left = has.get("left")
+            types: tuple[str, ...] | None = None
+            if isinstance(left, dict) and isinstance(left.get("Var"), str):
+                types = _VAR_TYPES.get(left["Var"])
+            elif isinstance(left, dict) and isinstance(left.get("Value"), dict):
+                entity = left["Value"].get("__entity")
+                if isinstance(entity, dict) and entity.get("type") in declared:
+                    types = (entity["type"],)
+            if types is not None and not any(has["attr"] in declared[t] for t in types):
+                found.append(has["attr"])
+        for value in node.values():
+            found.extend(_impossible_has(value, declared))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_impossible_has(value, declared))
+    return found
+
+
+def _policy_ids(text: str, declared: dict[str, frozenset[str]]) -> dict[str, str]:
+    """Positional policy id (``policy3``) -> ``@id`` annotation (or itself if none).
+
+    Also rejects duplicate ``@id``s, templates, and ``has`` tests of undeclared attributes.
+    """
     est = orjson.loads(cedarpy.policies_to_json_str(text))
     ids: dict[str, str] = {}
+    errors: list[str] = []
     seen: dict[str, str] = {}
     for positional, policy in est.get("staticPolicies", {}).items():
         annotated = (policy.get("annotations") or {}).get("id") or positional
@@ -230,6 +290,15 @@ def _policy_ids(text: str) -> dict[str, str]:
             )
         seen[annotated] = positional
         ids[positional] = annotated
+        for attr in _impossible_has(policy.get("conditions", []), declared):
+            errors.append(
+                f"{annotated}: `has {attr}` tests an attribute the schema does not "
+                "declare, so the condition can never hold"
+            )
+    if errors:
+        raise InvalidInput(
+            "policy validation failed: " + "; ".join(errors), details={"errors": errors}
+        )
     if est.get("templates"):
         raise InvalidInput("policy templates are not supported in the policy set")
     return ids
@@ -259,13 +328,14 @@ class PolicyEngine:
         """Validate baseline + extra policies against the schema, then parse the handles.
 
         Raises :class:`InvalidInput` (with ``details["errors"]``) when the policy text does
-        not parse or does not type-check, or when two policies share an ``@id``.
+        not parse or does not type-check, tests an undeclared attribute with ``has``, or
+        when two policies share an ``@id``.
         """
         config = config if config is not None else PolicyConfig()
         text = baseline_policies()
         if config.extra_policies.strip():
             text = f"{text}\n// --- extra_policies ---\n{config.extra_policies}\n"
-        schema = _schema_handle()
+        schema, declared = _schema()
         result = cedarpy.validate_policies(text, schema)
         if not result.validation_passed:
             names = result.id_annotations_by_policy_id
@@ -277,6 +347,7 @@ class PolicyEngine:
                 "policy validation failed: " + "; ".join(errors),
                 details={"errors": errors},
             )
+        policy_ids = _policy_ids(text, declared)
         try:
             policy_set = cedarpy.PolicySet.from_str(text)
             entities = cedarpy.Entities.from_json_str(
@@ -284,7 +355,7 @@ class PolicyEngine:
             )
         except ValueError as exc:  # validated above, so this is not expected
             raise InvalidInput(f"policy set could not be built: {exc}") from exc
-        return cls(config, text, policy_set, entities, _policy_ids(text))
+        return cls(config, text, policy_set, entities, policy_ids)
 
     @property
     def config(self) -> PolicyConfig:
@@ -444,4 +515,3 @@ class PolicyEngine:
         if matched:
             return "denied by policy: " + ", ".join(matched)
         return DENY_BY_DEFAULT_REASON
-

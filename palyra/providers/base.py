@@ -505,8 +505,13 @@ class ProviderCancelled(ProviderError):
 
     code = "cancelled"
 
-    def __init__(self, message: str = "provider call cancelled", *, provider_id: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "provider call cancelled",
+        *,
+        provider_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         envelope = error_envelope(ErrorKind.CANCELLED, message, provider_id=provider_id)
         if details:
             envelope.update(details)

@@ -113,7 +113,9 @@ class CircuitBreaker:
                 return
             retry_after = remaining or self.HALF_OPEN_RETRY_AFTER_MS
             failures = self._failures
-        message = f"circuit open after {failures} consecutive failures; retry after {retry_after} ms"
+        message = (
+            f"circuit open after {failures} consecutive failures; retry after {retry_after} ms"
+        )
         details = error_envelope(
             ErrorKind.CIRCUIT_OPEN, message, provider_id=self.name, retry_after_ms=retry_after
         )

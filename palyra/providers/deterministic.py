@@ -234,9 +234,9 @@ class DeterministicProvider:
                 error = _bad(f"deterministic directive @fail: unknown kind {script.fail_kind!r}")
             raise error
 
-        tool_results = [] if last_user is None else [
-            m for m in messages[last_user + 1 :] if m.role == "tool"
-        ]
+        tool_results = (
+            [] if last_user is None else [m for m in messages[last_user + 1 :] if m.role == "tool"]
+        )
         tool_calls: tuple[ToolCall, ...] = ()
         if script.tools and not tool_results:
             tool_calls = tuple(

@@ -67,8 +67,9 @@ class ToolDecision:
         return self.kind == "allow"
 
 
-def _deny(reason: str, approval_required: bool, policy_enforced: bool,
-          matched: tuple[str, ...] = ()) -> ToolDecision:
+def _deny(
+    reason: str, approval_required: bool, policy_enforced: bool, matched: tuple[str, ...] = ()
+) -> ToolDecision:
     return ToolDecision("deny", reason, approval_required, policy_enforced, False, matched)
 
 

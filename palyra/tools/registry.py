@@ -201,9 +201,7 @@ class ToolRegistry:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._catalog: ToolCatalog | None = None
-        self._sensitive_capabilities = frozenset(
-            c.strip().lower() for c in sensitive_capabilities
-        )
+        self._sensitive_capabilities = frozenset(c.strip().lower() for c in sensitive_capabilities)
 
     def register(self, definition: ToolDefinition) -> None:
         validator = Draft202012Validator(definition.input_schema)
@@ -230,9 +228,7 @@ class ToolRegistry:
         ``{"schema_version": 1, "tools": [...]}``."""
         with self._lock:
             if self._catalog is None:
-                specs = tuple(
-                    self._entries[n].definition.spec() for n in sorted(self._entries)
-                )
+                specs = tuple(self._entries[n].definition.spec() for n in sorted(self._entries))
                 body = {"schema_version": CATALOG_SCHEMA_VERSION, "tools": list(specs)}
                 digest = hashlib.sha256(canonical_json(body)).hexdigest()
                 self._catalog = ToolCatalog(tools=specs, catalog_hash=digest)
@@ -284,9 +280,9 @@ class ToolRegistry:
         if errors:
             primary = best_match(errors)
             path = _error_path(primary)
-            reported = sorted(
-                f"{_error_path(e)}: {e.message}" for e in errors
-            )[:_MAX_REPORTED_ERRORS]
+            reported = sorted(f"{_error_path(e)}: {e.message}" for e in errors)[
+                :_MAX_REPORTED_ERRORS
+            ]
             raise InvalidInput(
                 f"invalid arguments for {name} at {path}: {primary.message}",
                 details={"tool_name": name, "path": path, "errors": reported},
@@ -318,8 +314,7 @@ class ToolRegistry:
     def _check_size(name: str, size: int, limit: int) -> None:
         if size > limit:
             raise PayloadTooLarge(
-                f"{TOOL_INPUT_TOO_LARGE}: input for {name} is {size} bytes, "
-                f"limit is {limit} bytes",
+                f"{TOOL_INPUT_TOO_LARGE}: input for {name} is {size} bytes, limit is {limit} bytes",
                 details={
                     "quota": TOOL_INPUT_TOO_LARGE,
                     "tool_name": name,
@@ -327,4 +322,3 @@ class ToolRegistry:
                     "limit_bytes": limit,
                 },
             )
-

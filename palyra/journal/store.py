@@ -1,0 +1,408 @@
+"""The SQLite journal: opening, the single writer's transactions, readers, verification.
+
+Exactly one :class:`Writer` (owned by the journal actor) writes; everything else reads
+through its own :class:`Reader` connection. The writer applies *batches*: many
+callers' writes in one ``BEGIN IMMEDIATE`` transaction (group commit), each caller's
+part inside its own savepoint so one bad write fails only its caller.
+
+The chain head is read from the database at the start of every batch rather than
+cached across batches: if a replaced (hung) writer incarnation ever commits late, the
+chain still links correctly instead of forking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from palyra.canonical import chain_hash
+from palyra.clock import SYSTEM_CLOCK, Clock
+from palyra.errors import AlreadyExists, JournalError, PayloadTooLarge, ResourceExhausted
+from palyra.ids import new_ulid
+from palyra.journal.schema import migrate
+from palyra.redaction import sanitize_payload
+
+DB_FILENAME = "journal.sqlite3"
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalSettings:
+    synchronous: str = "NORMAL"
+    busy_timeout_ms: int = 5000
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_events: int = 0  # 0: unbounded (upstream halts at 10 000; we make it opt-in)
+    max_batch: int = 512
+
+    def __post_init__(self) -> None:
+        if self.synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"journal.synchronous must be one of {SYNCHRONOUS_MODES}")
+        if self.max_payload_bytes <= 0:
+            raise ValueError("journal.max_payload_bytes must be > 0")
+        if self.max_events < 0 or self.max_batch <= 0 or self.busy_timeout_ms < 0:
+            raise ValueError("journal limits must be positive")
+
+
+def db_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / DB_FILENAME
+
+
+def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
+    """Create the state directory 0700 (tightening an existing one we own)."""
+    path = Path(state_dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def connect(
+    state_dir: str | os.PathLike[str],
+    settings: JournalSettings = JournalSettings(),
+    *,
+    readonly: bool = False,
+) -> apsw.Connection:
+    path = db_path(prepare_state_dir(state_dir))
+    if not path.exists() and not readonly:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    conn = apsw.Connection(str(path), flags=flags)
+    conn.set_busy_timeout(settings.busy_timeout_ms)
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={settings.synchronous.upper()}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def open_writer_connection(
+    state_dir: str | os.PathLike[str],
+    settings: JournalSettings = JournalSettings(),
+    clock: Clock = SYSTEM_CLOCK,
+) -> apsw.Connection:
+    conn = connect(state_dir, settings)
+    migrate(conn, clock)
+    for suffix in ("", "-wal", "-shm"):
+        side = Path(str(db_path(state_dir)) + suffix)
+        if side.exists() and stat.S_IMODE(side.stat().st_mode) != 0o600:
+            side.chmod(0o600)
+    return conn
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A journal event ready to append: validated, redacted and sized by the caller."""
+
+    kind: str
+    actor: str
+    payload_json: str
+    redacted: bool
+    event_ulid: str
+    timestamp_unix_ms: int
+    session_ulid: str | None = None
+    run_ulid: str | None = None
+    principal: str | None = None
+    device_id: str | None = None
+    channel: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        kind: str,
+        payload: Any = None,
+        *,
+        actor: str = "system",
+        session_id: str | None = None,
+        run_id: str | None = None,
+        principal: str | None = None,
+        device_id: str | None = None,
+        channel: str | None = None,
+        event_id: str | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> EventDraft:
+        if not kind or not isinstance(kind, str):
+            raise ValueError("journal event kind must be a non-empty string")
+        raw_size = _raw_size(payload)
+        if raw_size > max_payload_bytes:
+            raise PayloadTooLarge(
+                f"journal payload is {raw_size} bytes; the limit is {max_payload_bytes}",
+                details={"payload_kind": "journal", "limit": max_payload_bytes},
+            )
+        payload_json, redacted = sanitize_payload(payload)
+        now = clock.now_ms()
+        return cls(
+            kind=kind,
+            actor=actor,
+            payload_json=payload_json,
+            redacted=redacted,
+            event_ulid=event_id or new_ulid(now),
+            timestamp_unix_ms=now,
+            session_ulid=session_id,
+            run_ulid=run_id,
+            principal=principal,
+            device_id=device_id,
+            channel=channel,
+        )
+
+
+def _raw_size(payload: Any) -> int:
+    if payload is None:
+        return 0
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return len(payload)
+    if isinstance(payload, str):
+        return len(payload.encode("utf-8", "surrogatepass"))
+    import orjson
+
+    try:
+        return len(orjson.dumps(payload))
+    except TypeError:
+        return 0  # the sanitiser reports non-serialisable payloads itself
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    event_id: str
+    hash: str
+    prev_hash: str | None
+    redacted: bool
+
+
+def event_record(seq: int, draft: EventDraft | dict[str, Any]) -> dict[str, Any]:
+    """The canonical record hashed for one journal row (see palyra.canonical)."""
+    get = draft.get if isinstance(draft, dict) else lambda k: getattr(draft, k)
+    return {
+        "seq": seq,
+        "event_ulid": get("event_ulid"),
+        "session_ulid": get("session_ulid"),
+        "run_ulid": get("run_ulid"),
+        "kind": get("kind"),
+        "actor": get("actor"),
+        "timestamp_unix_ms": get("timestamp_unix_ms"),
+        "principal": get("principal"),
+        "device_id": get("device_id"),
+        "channel": get("channel"),
+        "payload_json": get("payload_json"),
+        "redacted": bool(get("redacted")),
+    }
+
+
+_INSERT_EVENT = (
+    "INSERT INTO journal_events(seq, event_ulid, session_ulid, run_ulid, kind, actor,"
+    " timestamp_unix_ms, payload_json, redacted, hash, prev_hash, principal, device_id,"
+    " channel, created_at_unix_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class Txn:
+    """What one batch's operations see: the connection and the chain heads."""
+
+    def __init__(self, conn: apsw.Connection, settings: JournalSettings, clock: Clock) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.clock = clock
+        row = conn.execute(
+            "SELECT seq, hash FROM journal_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self.head_seq, self.head_hash = (row[0], row[1]) if row else (0, None)
+        self._count: int | None = None
+
+    def append_event(self, draft: EventDraft) -> AppendResult:
+        if self.settings.max_events:
+            if self._count is None:
+                self._count = self.conn.execute("SELECT count(*) FROM journal_events").fetchone()[0]
+            if self._count >= self.settings.max_events:
+                raise ResourceExhausted(
+                    f"journal holds {self._count} events, the configured max_events",
+                    details={"max_events": self.settings.max_events},
+                )
+        seq = self.head_seq + 1
+        prev = self.head_hash
+        digest = chain_hash(prev, event_record(seq, draft))
+        try:
+            self.conn.execute(
+                _INSERT_EVENT,
+                (
+                    seq, draft.event_ulid, draft.session_ulid, draft.run_ulid, draft.kind,
+                    draft.actor, draft.timestamp_unix_ms, draft.payload_json, int(draft.redacted),
+                    digest, prev, draft.principal, draft.device_id, draft.channel,
+                    self.clock.now_ms(),
+                ),
+            )
+        except apsw.ConstraintError as exc:
+            raise AlreadyExists(
+                f"journal event {draft.event_ulid} already exists",
+                details={"event_id": draft.event_ulid},
+            ) from exc
+        self.head_seq, self.head_hash = seq, digest
+        if self._count is not None:
+            self._count += 1
+        return AppendResult(seq, draft.event_ulid, digest, prev, draft.redacted)
+
+    # savepoint bookkeeping: heads move only when a caller's part commits
+    def mark(self) -> tuple[Any, ...]:
+        return (self.head_seq, self.head_hash, self._count)
+
+    def restore(self, mark: tuple[Any, ...]) -> None:
+        self.head_seq, self.head_hash, self._count = mark
+
+
+Operation = Callable[[Txn], Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Writer:
+    """The single writer: applies batches of operation lists as one transaction."""
+
+    def __init__(
+        self, conn: apsw.Connection, settings: JournalSettings, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.clock = clock
+
+    def apply(self, batch: Sequence[Sequence[Operation]]) -> list[Outcome]:
+        """Apply each caller's operations in its own savepoint, all in one transaction.
+
+        Returns one outcome per caller (its last operation's value). If the commit
+        itself fails, every caller fails with a JournalError.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = []
+        try:
+            txn = Txn(conn, self.settings, self.clock)
+            for ops in batch:
+                mark = txn.mark()
+                conn.execute("SAVEPOINT caller")
+                try:
+                    value = None
+                    for op in ops:
+                        value = op(txn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO caller")
+                    conn.execute("RELEASE caller")
+                    txn.restore(mark)
+                    outcomes.append(Outcome(False, error=exc))
+                else:
+                    conn.execute("RELEASE caller")
+                    outcomes.append(Outcome(True, value))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            failure = JournalError(f"journal batch failed to commit: {exc}")
+            failure.__cause__ = exc
+            return [Outcome(False, error=failure) for _ in batch]
+        return outcomes
+
+
+def append_op(draft: EventDraft) -> Operation:
+    return lambda txn: txn.append_event(draft)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    events: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_hash: str | None = None
+    tapes: int = 0
+    tape_rows: int = 0
+    first_bad_tape: tuple[str, int] | None = None
+
+
+_EVENT_COLUMNS = (
+    "seq, event_ulid, session_ulid, run_ulid, kind, actor, timestamp_unix_ms, payload_json,"
+    " redacted, hash, prev_hash, principal, device_id, channel, created_at_unix_ms"
+)
+_EVENT_KEYS = [c.strip() for c in _EVENT_COLUMNS.split(",")]
+
+
+class Reader:
+    """A read-only view with its own connection (never shared across threads)."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], settings: JournalSettings = JournalSettings()) -> None:
+        self.conn = connect(state_dir, settings)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM journal_events").fetchone()[0])
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM journal_events WHERE event_ulid = ?", (event_id,)
+        ).fetchone()
+        return dict(zip(_EVENT_KEYS, row, strict=True)) if row else None
+
+    def recent(self, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``limit`` clamped to 1..500 as upstream."""
+        limit = max(1, min(int(limit), 500))
+        where, args = ("WHERE kind = ?", (kind, limit)) if kind else ("", (limit,))
+        rows = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM journal_events {where} ORDER BY seq DESC LIMIT ?", args
+        ).fetchall()
+        return [dict(zip(_EVENT_KEYS, r, strict=True)) for r in rows]
+
+    def iter_events(self, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        for row in self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM journal_events WHERE seq > ? ORDER BY seq", (after_seq,)
+        ):
+            yield dict(zip(_EVENT_KEYS, row, strict=True))
+
+    def event_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT event_ulid FROM journal_events")}
+
+    def verify_chain(self) -> ChainReport:
+        """Recompute every link of the journal chain; report the first break."""
+        prev: str | None = None
+        expected_seq = 1
+        count = 0
+        for row in self.conn.execute(f"SELECT {_EVENT_COLUMNS} FROM journal_events ORDER BY seq"):
+            event = dict(zip(_EVENT_KEYS, row, strict=True))
+            count += 1
+            seq = event["seq"]
+            if seq != expected_seq:
+                return ChainReport(False, count, seq, f"gap: expected seq {expected_seq}", prev)
+            if event["prev_hash"] != prev:
+                return ChainReport(False, count, seq, "prev_hash does not link to the previous event", prev)
+            digest = chain_hash(prev, event_record(seq, event))
+            if digest != event["hash"]:
+                return ChainReport(False, count, seq, "hash does not match the event's content", prev)
+            prev = digest
+            expected_seq += 1
+        return ChainReport(True, count, None, None, prev)

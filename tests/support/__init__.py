@@ -1,0 +1,1 @@
+"""Reusable test helpers (local fake servers, fixtures)."""
