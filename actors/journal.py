@@ -15,7 +15,6 @@ import queue
 import threading
 from typing import Any
 
-import pykka
 from pykka._envelope import Envelope
 
 from palyra.clock import Clock
@@ -25,12 +24,12 @@ from palyra.journal.store import (
     EventDraft,
     JournalSettings,
     Operation,
-    Outcome,
     Writer,
     append_op,
     open_writer_connection,
 )
 from supervisors.names import Address, Names
+from supervisors.request import Request
 from supervisors.spec import SupervisionEvent
 from supervisors.supervised import Supervised
 
@@ -39,9 +38,14 @@ log = logging.getLogger("palyra.journal")
 JOURNAL = "journal"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Write:
-    ops: tuple[Operation, ...]
+class Write(Request):
+    """One caller's operations, applied atomically; replied to after the commit."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops: tuple[Operation, ...]) -> None:
+        super().__init__()
+        self.ops = ops
 
 
 def _is_write(envelope: Envelope[Any]) -> bool:
@@ -66,31 +70,20 @@ class JournalActor(Supervised):
     def on_receive(self, message: Any) -> Any:
         if type(message) is not Write:
             return super().on_receive(message)
-        queued = self.take_queued(_is_write, self.settings.max_batch - 1)
-        outcomes = self.writer.apply([message.ops, *(e.message.ops for e in queued)])
+        queued = [e.message for e in self.take_queued(_is_write, self.settings.max_batch - 1)]
+        batch = [message, *queued]
+        outcomes = self.writer.apply([w.ops for w in batch])
         self.batches += 1
         self.writes += len(outcomes)
-        for envelope, outcome in zip(queued, outcomes[1:], strict=True):
-            _deliver(envelope, outcome)
-        first = outcomes[0]
-        if not first.ok:
-            raise first.error  # type: ignore[misc]  (to the asker; a tell crashes us)
-        return first.value
+        for write, outcome in zip(batch, outcomes, strict=True):
+            if outcome.ok:
+                write.reply(outcome.value)
+            else:
+                write.fail(outcome.error)  # type: ignore[arg-type]
+        return None
 
     def stats(self) -> dict[str, int]:
         return {"batches": self.batches, "writes": self.writes}
-
-
-def _deliver(envelope: Envelope[Any], outcome: Outcome) -> None:
-    if envelope.reply_to is None:
-        if not outcome.ok:
-            log.error("journal write (no reply requested) failed: %s", outcome.error)
-        return
-    if outcome.ok:
-        envelope.reply_to.set(outcome.value)
-    else:
-        err = outcome.error
-        envelope.reply_to.set_exception(exc_info=(type(err), err, err.__traceback__))  # type: ignore[arg-type]
 
 
 class JournalClient:
@@ -110,15 +103,17 @@ class JournalClient:
 
     def append(self, kind: str, payload: Any = None, **fields: Any) -> AppendResult:
         """Append one event; returns once it is committed."""
-        return self.address.ask(Write((append_op(self.draft(kind, payload, **fields)),)))
+        return self.address.request(Write((append_op(self.draft(kind, payload, **fields)),)))
 
     def write(self, *ops: Operation, timeout: float | None = ...) -> Any:  # type: ignore[assignment]
         """Apply ``ops`` atomically; returns the last one's value once committed."""
-        return self.address.ask(Write(tuple(ops)), timeout=timeout)
+        return self.address.request(Write(tuple(ops)), timeout=timeout)
 
-    def write_async(self, *ops: Operation) -> pykka.Future[Any]:
-        """Queue ``ops`` without waiting; the future resolves once committed."""
-        return self.address.ask_future(Write(tuple(ops)))
+    def write_nowait(self, *ops: Operation) -> Write:
+        """Queue ``ops`` without waiting; ``.wait(timeout)`` on the result once needed."""
+        write = Write(tuple(ops))
+        self.address.tell(write)
+        return write
 
 
 class SupervisionRecorder:

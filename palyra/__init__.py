@@ -1,7 +1,11 @@
 """Palyra: a self-hosted agent daemon and embeddable runtime.
 
 The public surface is what this module exports; everything else is internal.
+``Runtime`` is imported lazily: it assembles the actor layers, which themselves import
+the pure core from this package, so an eager import would be circular.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from palyra.config import Config, SupervisionConfig
 from palyra.errors import (
@@ -27,7 +31,6 @@ from palyra.errors import (
     Unauthenticated,
 )
 from palyra.journal.store import AppendResult, ChainReport, JournalSettings
-from palyra.runtime import Runtime, StopReport
 
 __all__ = [
     "ActorUnavailable", "AlreadyExists", "AppendResult", "ApprovalRequired", "BudgetExceeded",
@@ -36,3 +39,15 @@ __all__ = [
     "PayloadTooLarge", "PermissionDenied", "ProviderError", "RateLimited", "ResourceExhausted",
     "Runtime", "RuntimeStopped", "StopReport", "SupervisionConfig", "Timeout", "Unauthenticated",
 ]
+
+
+if TYPE_CHECKING:
+    from palyra.runtime import Runtime, StopReport
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Runtime", "StopReport"):
+        from palyra import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'palyra' has no attribute {name!r}")

@@ -42,12 +42,13 @@ Where we deliberately differ from upstream:
 * **Depth bound.** Nesting deeper than :data:`MAX_DEPTH` is replaced by ``"<redacted>"``:
   no legitimate payload is that deep, and a bounded walk cannot exhaust the stack.
 
-All functions are pure, return new objects, and are idempotent: redacting redacted
+All redactors are pure, return new objects, and are idempotent: redacting redacted
 output changes nothing, so re-sanitising a stored payload (replay, export) is safe.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Set
 from typing import Any
@@ -182,12 +183,14 @@ def _matches_marker(key: str, markers: tuple[str, ...]) -> bool:
     return any(m in normalised or ("_" in m and m.replace("_", "") in compact) for m in markers)
 
 
+@functools.lru_cache(maxsize=8192)  # keys repeat endlessly; classifying one costs ~2 µs
 def _is_payload_key_sensitive(key: str) -> bool:
     if _matches_marker(key, _PAYLOAD_KEY_MARKERS):
         return True
     return any(word in _PIN_WORDS for word in _key_words(key))
 
 
+@functools.lru_cache(maxsize=8192)
 def _is_diagnostic_key_sensitive(key: str) -> bool:
     return _matches_marker(key, _DIAGNOSTIC_KEY_MARKERS)
 

@@ -19,6 +19,7 @@ import pykka
 from pykka.messages import ProxyCall
 
 from palyra.errors import ActorUnavailable
+from supervisors.request import Request
 
 DEFAULT_RETRY_FOR = 2.0
 DEFAULT_ASK_TIMEOUT = 60.0
@@ -123,6 +124,31 @@ class Address:
                 f"actor {self.name!r} did not answer within {wait}s",
                 details={"actor": self.name, "timeout_s": wait},
             ) from exc
+
+    def request(self, message: Request, *, timeout: float | None = ...) -> Any:  # type: ignore[assignment]
+        """Send a :class:`Request` by tell and wait for its reply.
+
+        A request that failed as never handled (its incarnation died with it queued)
+        is re-sent to the next incarnation within ``retry_for``.
+        """
+        wait = self.timeout if timeout is ... else timeout
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            self._send(lambda ref: ref.tell(message))
+            try:
+                return message.wait(wait)
+            except pykka.ActorDeadError:
+                if time.monotonic() > deadline:
+                    raise ActorUnavailable(
+                        f"actor {self.name!r} is not available (restarting or stopped)",
+                        details={"actor": self.name},
+                    ) from None
+                message.rearm()
+            except pykka.Timeout as exc:
+                raise ActorUnavailable(
+                    f"actor {self.name!r} did not answer within {wait}s",
+                    details={"actor": self.name, "timeout_s": wait},
+                ) from exc
 
     def ask_future(self, message: Any) -> pykka.Future[Any]:
         """Send without waiting; the future fails with ActorDeadError if never handled."""

@@ -25,6 +25,7 @@ from pykka._envelope import Envelope
 
 from palyra.errors import ActorUnavailable
 from supervisors.mailbox import Mailbox
+from supervisors.request import Request
 from supervisors.spec import ChildContext, ChildExit, ExitReason
 
 log = logging.getLogger("palyra.supervision")
@@ -150,8 +151,10 @@ class Supervised(pykka.ThreadingActor):
                     envelope.reply_to.set(None)
                 self._die(*sys.exc_info())
                 continue
-            except Exception:
-                if envelope.reply_to is not None and not self.abandoned.is_set():
+            except Exception as exc:
+                if isinstance(envelope.message, Request):
+                    envelope.message.fail(exc)
+                elif envelope.reply_to is not None and not self.abandoned.is_set():
                     envelope.reply_to.set_exception()
                 elif envelope.reply_to is not None:
                     self._reply_abandoned(envelope)
@@ -174,6 +177,19 @@ class Supervised(pykka.ThreadingActor):
                 self._retire()
             elif envelope.reply_to is not None:
                 envelope.reply_to.set(response)
+
+    def _actor_loop_teardown(self) -> None:
+        # pykka fails queued asks; queued Requests are asks too.
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, Request):
+                envelope.message.fail(pykka.ActorDeadError(f"{self.name} stopped before handling"))
+            elif envelope.reply_to is not None:
+                if isinstance(envelope.message, messages._ActorStop):
+                    envelope.reply_to.set(None)
+                else:
+                    err = pykka.ActorDeadError(f"{self.name} stopped before handling the message")
+                    envelope.reply_to.set_exception(exc_info=(type(err), err, None))
 
     def _die(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not isinstance(exc, Killed | ChaosCrash):
@@ -201,6 +217,8 @@ class Supervised(pykka.ThreadingActor):
         successor = names.get(self.name) if names is not None else None
         if successor is not None and successor is not self.actor_ref and successor.is_alive():
             successor.actor_inbox.put(envelope)
+        elif isinstance(envelope.message, Request):
+            envelope.message.fail(pykka.ActorDeadError("abandoned"))
         elif envelope.reply_to is not None:
             envelope.reply_to.set_exception(
                 exc_info=(pykka.ActorDeadError, pykka.ActorDeadError("abandoned"), None)

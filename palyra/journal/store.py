@@ -284,38 +284,52 @@ class Writer:
         self.clock = clock
 
     def apply(self, batch: Sequence[Sequence[Operation]]) -> list[Outcome]:
-        """Apply each caller's operations in its own savepoint, all in one transaction.
+        """Apply every caller's operations in one transaction; one outcome per caller.
 
-        Returns one outcome per caller (its last operation's value). If the commit
-        itself fails, every caller fails with a JournalError.
+        The fast path runs the whole batch without savepoints. Only if some caller's
+        operation fails is the transaction rolled back and the batch replayed with a
+        savepoint per caller, so the failure costs only that caller its write.
+        Operations are pure functions of the transaction, so replaying is safe.
+        If the commit itself fails, every caller fails with a JournalError.
         """
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[Outcome] = []
         try:
-            txn = Txn(conn, self.settings, self.clock)
-            for ops in batch:
-                mark = txn.mark()
-                conn.execute("SAVEPOINT caller")
-                try:
-                    value = None
-                    for op in ops:
-                        value = op(txn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO caller")
-                    conn.execute("RELEASE caller")
-                    txn.restore(mark)
-                    outcomes.append(Outcome(False, error=exc))
-                else:
-                    conn.execute("RELEASE caller")
-                    outcomes.append(Outcome(True, value))
-            conn.execute("COMMIT")
+            outcomes = self._run(batch, isolate=False)
+            if outcomes is None:
+                outcomes = self._run(batch, isolate=True)
         except BaseException as exc:
-            if not conn.getautocommit():
-                conn.execute("ROLLBACK")
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
             failure = JournalError(f"journal batch failed to commit: {exc}")
             failure.__cause__ = exc
             return [Outcome(False, error=failure) for _ in batch]
+        return outcomes  # type: ignore[return-value]
+
+    def _run(self, batch: Sequence[Sequence[Operation]], *, isolate: bool) -> list[Outcome] | None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        txn = Txn(conn, self.settings, self.clock)
+        outcomes: list[Outcome] = []
+        for ops in batch:
+            if isolate:
+                mark = txn.mark()
+                conn.execute("SAVEPOINT caller")
+            try:
+                value = None
+                for op in ops:
+                    value = op(txn)
+            except Exception as exc:
+                if not isolate:
+                    conn.execute("ROLLBACK")
+                    return None
+                conn.execute("ROLLBACK TO caller")
+                conn.execute("RELEASE caller")
+                txn.restore(mark)
+                outcomes.append(Outcome(False, error=exc))
+                continue
+            if isolate:
+                conn.execute("RELEASE caller")
+            outcomes.append(Outcome(True, value))
+        conn.execute("COMMIT")
         return outcomes
 
 

@@ -180,7 +180,7 @@ class _Prepared:
     cedar_request: dict[str, Any]
     context: dict[str, Any]
     flags: dict[str, bool]
-    entities: tuple[dict[str, str], ...]
+    entities: tuple[dict[str, Any], ...]
 
 
 def _opt(value: str | None, *, lower: bool) -> str | None:

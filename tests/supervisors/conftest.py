@@ -7,7 +7,7 @@ from typing import Any
 import pykka
 import pytest
 
-from supervisors import Services, SupervisionEvent, Supervised
+from supervisors import Services, Supervised, SupervisionEvent
 
 
 class Recorder:
