@@ -32,6 +32,7 @@ from palyra.journal.store import (
     open_writer_connection,
     prepare_state_dir,
 )
+from palyra.statelock import StateLock
 from supervisors import Chaos, ChildExit, ChildSpec, SupervisionEvent, start_root, supervisor_spec
 from supervisors.supervised import Supervised, actor_of
 
@@ -94,6 +95,7 @@ class Runtime:
         self._stopping = False
         self.stopped = threading.Event()
         self.stop_report: StopReport | None = None
+        self._lock_file: StateLock | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -106,12 +108,17 @@ class Runtime:
         clock: Clock | None = None,
     ) -> Runtime:
         cfg = config if isinstance(config, Config) else Config.from_mapping(config)
-        rt = cls(prepare_state_dir(state_dir), cfg, clock or SYSTEM_CLOCK)
+        path = prepare_state_dir(state_dir)
+        lock = StateLock(path)
+        lock.acquire()
+        rt = cls(path, cfg, clock or SYSTEM_CLOCK)
+        rt._lock_file = lock
         try:
             rt._root = start_root(build_tree(cfg), rt.services, on_exit=rt._on_root_exit)
         except Exception:
             rt._recorder.close()
             rt.services.timers.stop()
+            lock.release()
             raise
         _running.add(rt)
         rt.journal.append("runtime.started", {"pid": os.getpid(), "state_dir": str(rt.state_dir)})
@@ -172,6 +179,8 @@ class Runtime:
         for actor in _supervised_actors():
             actor.release_hang()  # let abandoned threads finish instead of lingering
         self.stop_report = StopReport(clean and not leaked, reason, tuple(leaked), 0)
+        if self._lock_file is not None:
+            self._lock_file.release()
         self.stopped.set()
         _running.discard(self)
         return self.stop_report

@@ -113,3 +113,9 @@ def test_child_spec_defaults_follow_the_issue():
     spec = ChildSpec(name="x", actor=object)  # type: ignore[arg-type]
     assert spec.shutdown_timeout == 5.0 and spec.restart == "permanent"
     assert spec.effective_probe_timeout == 0.5
+
+
+def test_second_runtime_on_the_same_state_dir_is_refused(runtime):
+    with pytest.raises(palyra.Conflict, match="in use by pid"):
+        palyra.Runtime.start(runtime.state_dir)
+    assert runtime.journal.append("still fine")

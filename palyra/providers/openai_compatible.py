@@ -131,7 +131,16 @@ def _check_base_url(base_url: str, allow_private: bool) -> str:
 
 
 class OpenAICompatibleProvider:
-    """A ``ModelProvider`` speaking the OpenAI chat-completions API (see module doc)."""
+    """A ``ModelProvider`` speaking the OpenAI chat-completions API (see module doc).
+
+    ``clock`` drives the circuit breaker, attempt durations and HTTP-date Retry-After.
+    ``sleep`` replaces the backoff wait (tests pass a recorder); when it is given the
+    cancel event is checked after it returns, otherwise the wait is ``cancel.wait``.
+    ``max_retry_after_s`` is the longest Retry-After honoured before giving up.
+    ``allow_private_base_url`` permits loopback/private hosts (spec 1.8 rejects them by
+    default). ``circuit`` lets several providers share one breaker. One ``httpx.Client``
+    per instance, safe to call from many threads; ``close()`` releases its connections.
+    """
 
     kind = "openai_compatible"
 

@@ -190,6 +190,17 @@ def test_tool_results_are_sent_back_in_openai_format(server, provider):
     assert messages[2] == {"role": "tool", "content": '{"echo":"hi"}', "tool_call_id": "c1"}
 
 
+def test_server_that_ignores_stream_flag_still_answers(server, provider):
+    server.enqueue_status(
+        200,
+        {"choices": [{"index": 0, "message": {"content": "plain json"}, "finish_reason": "stop"}]},
+    )
+    tokens: list[str] = []
+    response = provider.complete(ask(stream=True), on_token=tokens.append)
+    assert response.text == "plain json"
+    assert tokens == ["plain json"]
+
+
 def test_missing_usage_falls_back_to_word_estimates(server, provider):
     server.enqueue_sse(
         [

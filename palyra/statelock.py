@@ -1,0 +1,61 @@
+"""One runtime per state directory.
+
+Two runtimes on one journal would be two writers. An advisory ``flock`` on
+``runtime.lock`` is held for the runtime's life; the kernel drops it when the
+process dies (even by ``kill -9``), so a stale file never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from palyra.errors import Conflict
+
+LOCK_NAME = "runtime.lock"
+
+
+class StateLock:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise Conflict(
+                f"state directory {self.path.parent} is in use by pid {holder}; "
+                "stop that runtime first (one runtime per state directory)",
+                details={"state_dir": str(self.path.parent), "holder_pid": holder},
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def holder_pid(self) -> int | None:
+        """The pid written by the current holder, or None if the lock is free."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.read(fd, 64).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
