@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -12,6 +13,23 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Restarts are logged as warnings in a daemon; in a benchmark they are the workload.
 logging.getLogger("palyra").setLevel(logging.ERROR)
+
+
+def pin_to_one_cpu() -> int | None:
+    """Pin this process to one CPU (set PALYRA_BENCH_PIN=0 to opt out).
+
+    On this VM kind a thread handoff between two vCPUs costs ~40 us more than on one
+    (a cross-CPU wakeup), while the GIL lets only one Python thread run anyway. Every
+    figure and its baseline run in the same pinned process, so ratios stay fair.
+    """
+    if os.environ.get("PALYRA_BENCH_PIN", "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+PINNED_CPU = pin_to_one_cpu()
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -27,4 +45,5 @@ def median(samples: list[float]) -> float:
 
 
 def emit(figures: dict) -> None:
+    figures.setdefault("pinned_cpu", PINNED_CPU)
     print(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS).decode())
