@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from palyra.config import Config
+from palyra.orchestrator.approvals import ApprovalCache
 from supervisors.services import Services
 
 
@@ -14,4 +15,11 @@ from supervisors.services import Services
 class RuntimeServices(Services):
     state_dir: Path = Path(".")
     config: Config = dataclasses.field(default_factory=Config)
-    journal: Any = None  # actors.journal.JournalClient, set by the runtime
+    journal: Any = None  # actors.journal.JournalClient
+    hub: Any = None  # actors.hub.EventHub
+    workers: Any = None  # actors.workers.WorkerPool
+    provider: Any = None  # palyra.providers.ModelProvider
+    tools: Any = None  # palyra.tools.ToolRegistry
+    policy: Any = None  # actors.policy.PolicyHolder
+    approval_cache: ApprovalCache = dataclasses.field(default_factory=ApprovalCache)
+    heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # run_id -> monotonic

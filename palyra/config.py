@@ -7,6 +7,9 @@ from typing import Any
 
 from palyra.errors import InvalidInput
 from palyra.journal.store import JournalSettings
+from palyra.orchestrator.loop import LoopLimits
+
+POSTURES = ("always_allow", "ask_each_time", "disabled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,41 +23,111 @@ class SupervisionConfig:
 
     def __post_init__(self) -> None:
         if self.probe_interval <= 0 or self.max_seconds <= 0 or self.shutdown_timeout <= 0:
-            raise InvalidInput("supervision intervals must be positive")
+            raise ValueError("supervision intervals must be positive")
         if self.max_restarts < 0:
-            raise InvalidInput("supervision.max_restarts must be >= 0")
+            raise ValueError("supervision.max_restarts must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunsConfig:
+    max_tool_calls: int = 4
+    wall_clock_ms: int = 120_000
+    approval_timeout_ms: int = 60_000
+    tool_timeout_ms: int = 750
+    max_input_bytes: int = 32 * 1024
+    workers: int = 128  # threads for provider calls and tool executions
+
+    def __post_init__(self) -> None:
+        for name in ("wall_clock_ms", "approval_timeout_ms", "tool_timeout_ms", "max_input_bytes", "workers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"runs.{name} must be positive")
+        if self.max_tool_calls < 0:
+            raise ValueError("runs.max_tool_calls must be >= 0")
+
+    @property
+    def limits(self) -> LoopLimits:
+        return LoopLimits(self.max_tool_calls, self.wall_clock_ms, self.approval_timeout_ms, self.tool_timeout_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolsConfig:
+    """Deny by default: a tool runs only if allowed here (and by Cedar)."""
+
+    allowed: tuple[str, ...] = ()
+    allowed_principals: tuple[str, ...] = ()
+    allowed_channels: tuple[str, ...] = ()
+    sensitive: tuple[str, ...] = ()  # tools that always need approval
+    posture: dict[str, str] = dataclasses.field(default_factory=dict)
+    extra_policies: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("allowed", "allowed_principals", "allowed_channels", "sensitive"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"tools.{name} must be a list of strings")
+            object.__setattr__(self, name, tuple(value))
+        for tool, posture in self.posture.items():
+            if posture not in POSTURES:
+                raise ValueError(f"tools.posture.{tool} must be one of {POSTURES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    kind: str = "deterministic"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_SECTIONS: dict[str, type] = {
+    "journal": JournalSettings,
+    "supervision": SupervisionConfig,
+    "runs": RunsConfig,
+    "tools": ToolsConfig,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     journal: JournalSettings = JournalSettings()
     supervision: SupervisionConfig = SupervisionConfig()
+    runs: RunsConfig = RunsConfig()
+    tools: ToolsConfig = ToolsConfig()
+    provider: ProviderConfig = ProviderConfig()
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Config:
-        """Build from plain dicts, naming the offending key on error."""
+        """Build from plain dicts (TOML tables), naming the offending key on error."""
         data = dict(data or {})
         sections: dict[str, Any] = {}
-        for name, section_type in (("journal", JournalSettings), ("supervision", SupervisionConfig)):
+        for name, section_type in _SECTIONS.items():
             raw = data.pop(name, None)
-            if raw is None:
-                continue
-            if isinstance(raw, section_type):
-                sections[name] = raw
-                continue
-            if not isinstance(raw, dict):
-                raise InvalidInput(f"config section {name!r} must be a table", details={"key": name})
-            known = {f.name for f in dataclasses.fields(section_type)}
-            unknown = sorted(set(raw) - known)
-            if unknown:
-                raise InvalidInput(
-                    f"unknown config key {name}.{unknown[0]}", details={"key": f"{name}.{unknown[0]}"}
-                )
-            try:
-                sections[name] = section_type(**raw)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(f"invalid config section {name!r}: {exc}", details={"key": name}) from exc
+            if raw is not None:
+                sections[name] = _section(name, section_type, raw)
+        provider = data.pop("provider", None)
+        if provider is not None:
+            if isinstance(provider, ProviderConfig):
+                sections["provider"] = provider
+            elif isinstance(provider, dict):
+                options = dict(provider)
+                sections["provider"] = ProviderConfig(str(options.pop("kind", "deterministic")), options)
+            else:
+                raise InvalidInput("config section 'provider' must be a table", details={"key": "provider"})
         if data:
             key = sorted(data)[0]
             raise InvalidInput(f"unknown config key {key}", details={"key": key})
         return cls(**sections)
+
+
+def _section(name: str, section_type: type, raw: Any) -> Any:
+    if isinstance(raw, section_type):
+        return raw
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"config section {name!r} must be a table", details={"key": name})
+    known = {f.name for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        key = f"{name}.{unknown[0]}"
+        raise InvalidInput(f"unknown config key {key}", details={"key": key})
+    try:
+        return section_type(**raw)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"invalid config section {name!r}: {exc}", details={"key": name}) from exc

@@ -18,11 +18,27 @@ from typing import Any
 
 import pykka
 
+from actors.gateway import (
+    GATEWAY,
+    Admission,
+    ArchiveSession,
+    CancelRun,
+    DecideApproval,
+    GatewayActor,
+    ResolveSessionRequest,
+    StartRun,
+)
+from actors.hub import EventHub
 from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder
+from actors.policy import POLICY, PolicyActor, PolicyHolder, policy_config
+from actors.runs import RunsSupervisor
 from actors.services import RuntimeServices
+from actors.workers import WorkerPool
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.config import Config
-from palyra.errors import RuntimeStopped
+from palyra.errors import NotFound, RuntimeStopped
+from palyra.handles import RunHandle
+from palyra.ids import new_ulid
 from palyra.journal.store import (
     ChainReport,
     EventDraft,
@@ -32,8 +48,22 @@ from palyra.journal.store import (
     open_writer_connection,
     prepare_state_dir,
 )
+from palyra.orchestrator.sessions import Resolution, SessionSelector
+from palyra.orchestrator.store import Queries
+from palyra.policy import PolicyEngine
+from palyra.providers import build_provider
+from palyra.records import Approval, Identity, Run, Session, TapeEvent
 from palyra.statelock import StateLock
-from supervisors import Chaos, ChildExit, ChildSpec, SupervisionEvent, start_root, supervisor_spec
+from palyra.tools import default_registry
+from supervisors import (
+    Address,
+    Chaos,
+    ChildExit,
+    ChildSpec,
+    SupervisionEvent,
+    start_root,
+    supervisor_spec,
+)
 from supervisors.supervised import Supervised, actor_of
 
 log = logging.getLogger("palyra.runtime")
@@ -64,11 +94,20 @@ def build_tree(config: Config) -> ChildSpec:
         "shutdown_timeout": sup.shutdown_timeout,
     }
     limits = {"max_restarts": sup.max_restarts, "max_seconds": sup.max_seconds}
+    # core is one_for_one, not the rest_for_one of ARCHITECTURE.md: run actors hold no
+    # reference into the gateway (they address it by name, and the approval cache is
+    # rebuilt from the journal), so a gateway restart has no reason to stop every run.
+    core = [
+        ChildSpec(name=POLICY, actor=PolicyActor, **child),
+        ChildSpec(name=GATEWAY, actor=GatewayActor, **child),
+        supervisor_spec("runs", [], actor=RunsSupervisor, max_restarts=sup.max_restarts,
+                        max_seconds=sup.max_seconds),
+    ]
     return supervisor_spec(
         "root",
         [
             ChildSpec(name=JOURNAL, actor=JournalActor, **child),
-            supervisor_spec("core", [], strategy="rest_for_one", **limits),
+            supervisor_spec("core", core, **limits),
             supervisor_spec("surfaces", [], **limits),
         ],
         **limits,
@@ -90,6 +129,19 @@ class Runtime:
         self._recorder = SupervisionRecorder(self.journal)
         self.services.emit = self._recorder
         self.chaos = Chaos(self.services.names)
+        svc = self.services
+        svc.hub = EventHub()
+        svc.workers = WorkerPool(config.runs.workers)
+        svc.provider = build_provider({"kind": config.provider.kind, **config.provider.options})
+        svc.tools = default_registry()
+        svc.policy = PolicyHolder(
+            PolicyEngine.build(policy_config(config.tools, svc.tools.sensitive_tool_names()))
+        )
+        self._readers = threading.local()
+        self._all_readers: list[Reader] = []
+        self.approvals = Approvals(self)
+        self.sessions = Sessions(self)
+        self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
         self._stopping = False
@@ -161,6 +213,12 @@ class Runtime:
 
     def _finish(self, reason: str, clean: bool) -> StopReport:
         unrecorded = self._recorder.close()
+        self.services.workers.close()
+        for reader in list(self._all_readers):
+            try:
+                reader.close()
+            except Exception:
+                pass
         leaked = self._leaked_threads()
         self.services.timers.stop()
         final = [
@@ -230,6 +288,168 @@ class Runtime:
 
     def supervision_events(self) -> list[SupervisionEvent]:
         return list(self._recorder.pending)
+
+    # -- runs -------------------------------------------------------------------------
+
+    def _queries(self) -> Queries:
+        """A reader connection per calling thread (apsw cursors are not shareable)."""
+        queries = getattr(self._readers, "queries", None)
+        if queries is None:
+            reader = Reader(self.state_dir, self.config.journal)
+            self._all_readers.append(reader)
+            queries = self._readers.queries = Queries(reader.conn)
+        return queries
+
+    def _request(self, name: str, message: Any, timeout: float | None = 30.0) -> Any:
+        self._check_running()
+        address = Address(self.services.names, name, retry_for=self.config.supervision.address_retry_for,
+                          timeout=timeout)
+        return address.request(message)
+
+    def send(
+        self,
+        text: str,
+        *,
+        session_key: str | None = None,
+        session_id: str | None = None,
+        session_label: str | None = None,
+        principal: str = "user:local",
+        device_id: str = "local",
+        channel: str | None = None,
+        run_id: str | None = None,
+        require_existing: bool = False,
+        reset_session: bool = False,
+        timeout: float | None = 30.0,
+    ) -> RunHandle:
+        """Start a run; returns once it is durably accepted (idempotent by ``run_id``)."""
+        request = StartRun(
+            text,
+            SessionSelector(session_id, session_key, session_label, require_existing, reset_session),
+            Identity(principal, device_id, channel),
+            run_id or new_ulid(),
+        )
+        admission: Admission = self._request(GATEWAY, request, timeout)
+        return RunHandle(self, admission.run_id, admission.session_id, admission.session_created)
+
+    def handle(self, run_id: str) -> RunHandle:
+        run = self.run(run_id)
+        return RunHandle(self, run.run_id, run.session_id)
+
+    def cancel(self, run_id: str, reason: str = "cancelled by request") -> dict[str, Any]:
+        return self._request(GATEWAY, CancelRun(run_id, reason))
+
+    def run(self, run_id: str) -> Run:
+        run = self._queries().run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found", details={"run_id": run_id})
+        return run
+
+    def runs(self, *, state: str | None = None, session_id: str | None = None,
+             limit: int = 100) -> list[Run]:
+        return self._queries().runs(states=[state] if state else None, session_id=session_id, limit=limit)
+
+    def tape(self, run_id: str) -> list[TapeEvent]:
+        self.run(run_id)
+        return self._queries().tape(run_id)
+
+    def tape_page(self, run_id: str, *, after_seq: int = -1, limit: int = 100,
+                  max_bytes: int = 2 * 1024 * 1024) -> dict[str, Any]:
+        self.run(run_id)
+        return self._queries().tape_page(run_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes)
+
+    def heartbeats(self) -> dict[str, float]:
+        return dict(self.services.heartbeats)
+
+
+class Approvals:
+    """``rt.approvals``: pending tool approvals and operator decisions."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def pending(self, run_id: str | None = None) -> list[Approval]:
+        return self._rt._queries().approvals(pending=True, run_id=run_id)
+
+    def list(self, *, run_id: str | None = None, pending: bool | None = None) -> list[Approval]:
+        return self._rt._queries().approvals(pending=pending, run_id=run_id)
+
+    def get(self, approval_id: str) -> Approval:
+        approval = self._rt._queries().approval(approval_id)
+        if approval is None:
+            raise NotFound(f"approval {approval_id} not found", details={"approval_id": approval_id})
+        return approval
+
+    def decide(self, approval_id: str, allow: bool, *, scope: str = "once",
+               ttl_ms: int | None = None, reason: str | None = None) -> Approval:
+        """Record a decision (once; a second decision is a Conflict) and resume the run."""
+        return self._rt._request(GATEWAY, DecideApproval(approval_id, allow, scope, ttl_ms, reason))
+
+
+class Sessions:
+    """``rt.sessions``: resolve, list and archive sessions of an identity."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def resolve(self, *, session_key: str | None = None, session_id: str | None = None,
+                session_label: str | None = None, principal: str = "user:local",
+                device_id: str = "local", channel: str | None = None,
+                require_existing: bool = False, reset_session: bool = False) -> Resolution:
+        selector = SessionSelector(session_id, session_key, session_label, require_existing, reset_session)
+        return self._rt._request(GATEWAY, ResolveSessionRequest(selector, Identity(principal, device_id, channel)))
+
+    def list(self, *, principal: str = "user:local", device_id: str = "local",
+             channel: str | None = None, after_key: str | None = None, limit: int = 100,
+             include_archived: bool = False) -> list[Session]:
+        return self._rt._queries().sessions(Identity(principal, device_id, channel), after_key=after_key,
+                                            limit=limit, include_archived=include_archived)
+
+    def get(self, session_id: str) -> Session:
+        session = self._rt._queries().session_by_id(session_id)
+        if session is None:
+            raise NotFound(f"session {session_id} not found", details={"session_id": session_id})
+        return session
+
+    def archive(self, *, session_key: str | None = None, session_id: str | None = None,
+                principal: str = "user:local", device_id: str = "local",
+                channel: str | None = None) -> dict[str, Any]:
+        selector = SessionSelector(session_id, session_key)
+        return self._rt._request(GATEWAY, ArchiveSession(selector, Identity(principal, device_id, channel)))
+
+
+class AsyncRuntime:
+    """``rt.aio``: the trio twin of the embedding API (same messages, no thread per wait)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    async def _request(self, name: str, message: Any, timeout: float | None = 30.0) -> Any:
+        from surfaces import bridge
+
+        self._rt._check_running()
+        return await bridge.request(self._rt.services.names, name, message, timeout=timeout,
+                                    retry_for=self._rt.config.supervision.address_retry_for)
+
+    async def send(self, text: str, *, session_key: str | None = None, session_id: str | None = None,
+                   session_label: str | None = None, principal: str = "user:local",
+                   device_id: str = "local", channel: str | None = None, run_id: str | None = None,
+                   require_existing: bool = False, reset_session: bool = False,
+                   timeout: float | None = 30.0) -> RunHandle:
+        request = StartRun(
+            text,
+            SessionSelector(session_id, session_key, session_label, require_existing, reset_session),
+            Identity(principal, device_id, channel),
+            run_id or new_ulid(),
+        )
+        admission: Admission = await self._request(GATEWAY, request, timeout)
+        return RunHandle(self._rt, admission.run_id, admission.session_id, admission.session_created)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> dict[str, Any]:
+        return await self._request(GATEWAY, CancelRun(run_id, reason))
+
+    async def decide(self, approval_id: str, allow: bool, *, scope: str = "once",
+                     ttl_ms: int | None = None, reason: str | None = None) -> Approval:
+        return await self._request(GATEWAY, DecideApproval(approval_id, allow, scope, ttl_ms, reason))
 
 
 def _supervised_actors() -> list[Supervised]:

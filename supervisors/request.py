@@ -12,19 +12,25 @@ name-addressed callers can retry them safely.
 from __future__ import annotations
 
 import _thread
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 
 class Request:
-    __slots__ = ("_done", "_value", "_error")
+    """``on_done`` (optional) runs in the replying thread once the answer is in:
+    actors use it to turn a reply into a message to themselves instead of blocking."""
+
+    __slots__ = ("_done", "_value", "_error", "_answered", "on_done")
 
     def __init__(self) -> None:
         self._done = _thread.allocate_lock()
         self._done.acquire()
         self._value: Any = None
         self._error: BaseException | None = None
+        self._answered = False
+        self.on_done: Callable[[Request], None] | None = None
 
     def reply(self, value: Any) -> None:
         self._value = value
@@ -35,10 +41,24 @@ class Request:
         self._release()
 
     def _release(self) -> None:
-        try:
-            self._done.release()
-        except RuntimeError:
-            pass  # answered twice (a late reply after a failure): the first answer stands
+        if self._answered:
+            return  # answered twice (a late reply after a failure): the first answer stands
+        self._answered = True
+        self._done.release()
+        if self.on_done is not None:
+            self.on_done(self)
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def value(self) -> Any:
+        return self._value
 
     def wait(self, timeout: float | None) -> Any:
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
@@ -52,3 +72,4 @@ class Request:
         self._error = None
         self._value = None
         self._done.acquire(blocking=False)
+        self._answered = False

@@ -43,6 +43,111 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """
         + _append_only("journal_events"),
     ),
+    (
+        2,
+        "orchestrator",
+        """
+        CREATE TABLE orchestrator_sessions (
+            session_ulid TEXT PRIMARY KEY,
+            session_key TEXT NOT NULL UNIQUE,
+            session_label TEXT,
+            principal TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            channel TEXT,
+            created_at_unix_ms INTEGER NOT NULL,
+            updated_at_unix_ms INTEGER NOT NULL,
+            last_run_ulid TEXT,
+            archived_at_unix_ms INTEGER,
+            title_generation_state TEXT NOT NULL DEFAULT 'idle',
+            manual_title_locked INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX orchestrator_sessions_label ON orchestrator_sessions(session_label);
+        CREATE INDEX orchestrator_sessions_identity
+            ON orchestrator_sessions(principal, device_id, channel, session_key);
+
+        CREATE TABLE orchestrator_runs (
+            run_ulid TEXT PRIMARY KEY,
+            session_ulid TEXT NOT NULL REFERENCES orchestrator_sessions(session_ulid),
+            state TEXT NOT NULL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            cancel_reason TEXT,
+            created_at_unix_ms INTEGER NOT NULL,
+            started_at_unix_ms INTEGER,
+            completed_at_unix_ms INTEGER,
+            updated_at_unix_ms INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            total_tokens INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            termination_reason TEXT,
+            reply_text TEXT,
+            model_id TEXT,
+            provider_id TEXT,
+            origin_kind TEXT NOT NULL DEFAULT 'manual',
+            origin_run_ulid TEXT,
+            parent_run_ulid TEXT,
+            triggered_by_principal TEXT,
+            request_sha256 TEXT NOT NULL
+        );
+        CREATE INDEX orchestrator_runs_session ON orchestrator_runs(session_ulid, created_at_unix_ms);
+        CREATE INDEX orchestrator_runs_state ON orchestrator_runs(state);
+
+        CREATE TABLE orchestrator_tape (
+            run_ulid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event_type TEXT NOT NULL,
+            payload_json TEXT NOT NULL,
+            created_at_unix_ms INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            prev_hash TEXT,
+            PRIMARY KEY (run_ulid, seq)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE run_lifecycle_events (
+            event_ulid TEXT PRIMARY KEY,
+            run_ulid TEXT NOT NULL,
+            session_ulid TEXT NOT NULL,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            actor_kind TEXT NOT NULL,
+            actor_id TEXT,
+            correlation_id TEXT NOT NULL,
+            idempotency_key TEXT,
+            reason TEXT,
+            created_at_unix_ms INTEGER NOT NULL
+        );
+        CREATE INDEX run_lifecycle_events_run ON run_lifecycle_events(run_ulid, created_at_unix_ms);
+
+        CREATE TABLE approvals (
+            approval_ulid TEXT PRIMARY KEY,
+            session_ulid TEXT NOT NULL,
+            run_ulid TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            channel TEXT,
+            requested_at_unix_ms INTEGER NOT NULL,
+            expires_at_unix_ms INTEGER,
+            resolved_at_unix_ms INTEGER,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            proposal_id TEXT,
+            request_summary TEXT NOT NULL,
+            decision TEXT,
+            decision_scope TEXT,
+            decision_reason TEXT,
+            decision_scope_ttl_ms INTEGER,
+            policy_snapshot_json TEXT NOT NULL,
+            prompt_json TEXT NOT NULL,
+            created_at_unix_ms INTEGER NOT NULL,
+            updated_at_unix_ms INTEGER NOT NULL
+        );
+        CREATE INDEX approvals_pending ON approvals(decision, requested_at_unix_ms);
+        CREATE INDEX approvals_run ON approvals(run_ulid);
+        """
+        + _append_only("orchestrator_tape")
+        + _append_only("run_lifecycle_events"),
+    ),
 ]
 
 

@@ -23,7 +23,13 @@ import apsw
 
 from palyra.canonical import chain_hash
 from palyra.clock import SYSTEM_CLOCK, Clock
-from palyra.errors import AlreadyExists, JournalError, PayloadTooLarge, ResourceExhausted
+from palyra.errors import (
+    AlreadyExists,
+    InvalidInput,
+    JournalError,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
 from palyra.ids import new_ulid
 from palyra.journal.schema import migrate
 from palyra.redaction import sanitize_payload
@@ -200,6 +206,56 @@ def event_record(seq: int, draft: EventDraft | dict[str, Any]) -> dict[str, Any]
     }
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TapeDraft:
+    """One step of a run, redacted and sized by the caller (see palyra.redaction)."""
+
+    run_id: str
+    seq: int
+    event_type: str
+    payload_json: str
+    created_at_unix_ms: int
+
+    @classmethod
+    def build(
+        cls,
+        run_id: str,
+        seq: int,
+        event_type: str,
+        payload: Any,
+        *,
+        now_ms: int,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> TapeDraft:
+        # model_token payloads carry streamed text under "token": that is content,
+        # not a credential (upstream redacted it, quirk 13.2).
+        keep = _MODEL_TOKEN_KEEP if event_type == "model_token" else frozenset()
+        payload_json, _ = sanitize_payload(payload, keep)
+        if len(payload_json) > max_payload_bytes:
+            raise PayloadTooLarge(
+                f"tape payload of {event_type} is {len(payload_json)} bytes; "
+                f"the limit is {max_payload_bytes}",
+                details={"payload_kind": "tape", "limit": max_payload_bytes},
+            )
+        return cls(run_id, seq, event_type, payload_json, now_ms)
+
+
+_MODEL_TOKEN_KEEP = frozenset({"token"})
+
+
+def tape_record(entry: TapeDraft | dict[str, Any]) -> dict[str, Any]:
+    """The canonical record hashed for one tape row (chained per run)."""
+    if isinstance(entry, dict):
+        return {
+            "run_ulid": entry["run_ulid"], "seq": entry["seq"], "event_type": entry["event_type"],
+            "payload_json": entry["payload_json"], "created_at_unix_ms": entry["created_at_unix_ms"],
+        }
+    return {
+        "run_ulid": entry.run_id, "seq": entry.seq, "event_type": entry.event_type,
+        "payload_json": entry.payload_json, "created_at_unix_ms": entry.created_at_unix_ms,
+    }
+
+
 _INSERT_EVENT = (
     "INSERT INTO journal_events(seq, event_ulid, session_ulid, run_ulid, kind, actor,"
     " timestamp_unix_ms, payload_json, redacted, hash, prev_hash, principal, device_id,"
@@ -222,6 +278,7 @@ class Txn:
         ).fetchone()
         self.head_seq, self.head_hash = (row[0], row[1]) if row else (0, None)
         self._count: int | None = None
+        self._tape_heads: dict[str, tuple[int, str]] = {}
 
     def append_event(self, draft: EventDraft) -> AppendResult:
         if self.settings.max_events:
@@ -255,12 +312,52 @@ class Txn:
             self._count += 1
         return AppendResult(seq, draft.event_ulid, digest, prev, draft.redacted)
 
+    def tape_next_seq(self, run_id: str) -> int:
+        head = self._tape_heads.get(run_id)
+        if head is not None:
+            return head[0] + 1
+        row = self.conn.execute(
+            "SELECT max(seq) FROM orchestrator_tape WHERE run_ulid = ?", (run_id,)
+        ).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def append_tape(self, entry: TapeDraft) -> str:
+        """Append one tape row; ``seq`` must follow the run's last seq exactly."""
+        head = self._tape_heads.get(entry.run_id)
+        if head is None:
+            row = self.conn.execute(
+                "SELECT seq, hash FROM orchestrator_tape WHERE run_ulid = ? ORDER BY seq DESC LIMIT 1",
+                (entry.run_id,),
+            ).fetchone()
+            head = (row[0], row[1]) if row else (-1, None)  # type: ignore[assignment]
+        last_seq, prev = head
+        if entry.seq <= last_seq:
+            raise AlreadyExists(
+                f"tape seq {entry.seq} of run {entry.run_id} already exists",
+                details={"run_id": entry.run_id, "seq": entry.seq},
+            )
+        if entry.seq != last_seq + 1:
+            raise InvalidInput(
+                f"tape seq {entry.seq} of run {entry.run_id} skips {last_seq + 1}",
+                details={"run_id": entry.run_id, "seq": entry.seq},
+            )
+        digest = chain_hash(prev, tape_record(entry))
+        self.conn.execute(
+            "INSERT INTO orchestrator_tape(run_ulid, seq, event_type, payload_json,"
+            " created_at_unix_ms, hash, prev_hash) VALUES (?,?,?,?,?,?,?)",
+            (entry.run_id, entry.seq, entry.event_type, entry.payload_json,
+             entry.created_at_unix_ms, digest, prev),
+        )
+        self._tape_heads[entry.run_id] = (entry.seq, digest)
+        return digest
+
     # savepoint bookkeeping: heads move only when a caller's part commits
     def mark(self) -> tuple[Any, ...]:
         return (self.head_seq, self.head_hash, self._count)
 
     def restore(self, mark: tuple[Any, ...]) -> None:
         self.head_seq, self.head_hash, self._count = mark
+        self._tape_heads.clear()  # re-read from the database on next use
 
 
 Operation = Callable[[Txn], Any]
@@ -419,4 +516,37 @@ class Reader:
                 return ChainReport(False, count, seq, "hash does not match the event's content", prev)
             prev = digest
             expected_seq += 1
-        return ChainReport(True, count, None, None, prev)
+        return self._verify_tapes(ChainReport(True, count, None, None, prev))
+
+    def _verify_tapes(self, journal: ChainReport) -> ChainReport:
+        """Every run's tape is its own chain starting at seq 0."""
+        tapes = rows = 0
+        run: str | None = None
+        prev: str | None = None
+        expected = 0
+        for run_ulid, seq, event_type, payload_json, created, digest, prev_hash in self.conn.execute(
+            "SELECT run_ulid, seq, event_type, payload_json, created_at_unix_ms, hash, prev_hash"
+            " FROM orchestrator_tape ORDER BY run_ulid, seq"
+        ):
+            if run_ulid != run:
+                run, prev, expected = run_ulid, None, 0
+                tapes += 1
+            rows += 1
+            record = {
+                "run_ulid": run_ulid, "seq": seq, "event_type": event_type,
+                "payload_json": payload_json, "created_at_unix_ms": created,
+            }
+            problem = None
+            if seq != expected:
+                problem = f"tape gap: expected seq {expected}"
+            elif prev_hash != prev:
+                problem = "tape prev_hash does not link"
+            elif chain_hash(prev, record) != digest:
+                problem = "tape hash does not match the step's content"
+            if problem:
+                return dataclasses.replace(
+                    journal, ok=False, tapes=tapes, tape_rows=rows,
+                    first_bad_tape=(run_ulid, seq), reason=problem,
+                )
+            prev, expected = digest, expected + 1
+        return dataclasses.replace(journal, tapes=tapes, tape_rows=rows)

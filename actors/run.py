@@ -1,0 +1,700 @@
+"""One actor per active run: the agent loop as a message-driven state machine.
+
+The actor never blocks. Provider calls and tool executions run on worker threads and
+report back by message; journal writes go out one at a time and their commits come
+back as messages, so the actor always answers liveness probes and a ``Cancel`` is
+handled as soon as it arrives (the worker it interrupts is told through an event).
+
+Durability points (the actor waits for the commit before going on): before a tool
+executes (its proposal and allow decision are on the tape, so a crash can never
+re-run a side effect blindly), when an approval is requested, and at the terminal
+state (the terminal event is published only once it is durable). Everything else is
+written in order behind those points without waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pykka
+
+from actors.journal import JOURNAL, Write
+from palyra.errors import (
+    ActorUnavailable,
+    AlreadyExists,
+    JournalError,
+    PalyraError,
+)
+from palyra.ids import new_ulid
+from palyra.journal.store import TapeDraft, Txn
+from palyra.orchestrator import loop, store
+from palyra.orchestrator.approvals import (
+    approval_prompt,
+    cache_key,
+    policy_snapshot,
+    request_summary,
+)
+from palyra.orchestrator.state import ACCEPTED, CANCELLED, DONE, FAILED, IN_PROGRESS, transition
+from palyra.providers import Message, ProviderCancelled, ProviderRequest, ToolSpec
+from palyra.providers import ToolCall as ModelToolCall
+from palyra.records import Approval, RunEvent, Session, Usage
+from palyra.redaction import redact_message
+from palyra.tools import ToolCall, ToolContext, ToolDecision, ToolOutput, decide_tool_call
+from palyra.tools.attestation import execution_sha256
+from supervisors.supervised import Supervised
+
+log = logging.getLogger("palyra.run")
+
+EXECUTOR = "palyra.inprocess"
+SANDBOX = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    session: Session
+    text: str
+    next_seq: int
+    history: tuple[Message, ...] = ()
+
+
+def run_actor_name(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cancel:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApprovalDecided:
+    approval_id: str
+    approved: bool
+    scope: str
+    reason: str
+    ttl_ms: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Begin:
+    """Sent by whoever started the actor, once it is up (not from init: a supervisor's
+    start-up probe must be answered before the loop can fail)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ProviderDone:
+    token: int
+    response: Any
+    error: BaseException | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ToolDone:
+    token: int
+    output: ToolOutput
+    executed_at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Timeout:
+    kind: str  # "tool" | "approval" | "wall_clock"
+    token: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Flushed:
+    write: Write
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Redispatch:
+    write: Write
+
+
+@dataclasses.dataclass
+class _Proposal:
+    call: ModelToolCall
+    proposal_id: str
+    arguments: dict[str, Any]
+    approval_required: bool
+    posture: str
+    approval_id: str | None = None
+
+
+_RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
+
+
+class RunActor(Supervised):
+    def __init__(self, *, ctx: Any = None, spec: RunSpec) -> None:
+        super().__init__(ctx=ctx)
+        self.spec = spec
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def init(self) -> None:
+        svc = self.services
+        spec = self.spec
+        self.run_id = spec.run_id
+        self.session = spec.session
+        self.clock = svc.clock
+        self.limits = svc.config.runs.limits
+        self.state = ACCEPTED
+        self.seq = spec.next_seq
+        self.messages: list[Message] = [*spec.history, Message("user", spec.text)]
+        self.usage = Usage()
+        self.turn = 0
+        self.tool_calls_left = self.limits.max_tool_calls
+        self.cancel_event = threading.Event()
+        self.token = 0
+        self.waiting: str | None = None
+        self.proposals: list[_Proposal] = []
+        self.current: _Proposal | None = None
+        self.tool_exec_cancel: threading.Event | None = None
+        self.loop_started = False
+        self.model_id: str | None = None
+        self.provider_id: str | None = None
+        self._pending: list[Any] = []  # TapeDrafts and ops not yet sent
+        self._pending_then: list[Callable[[Any], None]] = []
+        self._inflight: tuple[Write, tuple[Any, ...], list[Callable[[Any], None]]] | None = None
+        self._timers: list[Any] = []
+        self.started_mono = self.clock.monotonic()
+        self._heartbeat()
+        self._after(self.limits.wall_clock_ms / 1000, _Timeout("wall_clock", 0))
+
+    def terminate(self) -> None:
+        for handle in getattr(self, "_timers", ()):
+            handle.cancel()
+        if hasattr(self, "cancel_event"):
+            self.cancel_event.set()
+        if getattr(self, "tool_exec_cancel", None) is not None:
+            self.tool_exec_cancel.set()  # type: ignore[union-attr]
+        beats = getattr(self.services, "heartbeats", None)
+        if beats is not None and hasattr(self, "run_id"):
+            beats.pop(self.run_id, None)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        self._heartbeat()
+        if type(message) is _Flushed:
+            return self._on_flushed(message.write)
+        if type(message) is _Redispatch:
+            return self._dispatch(message.write)
+        if self.state in (DONE, FAILED, CANCELLED):
+            return None  # late worker results, timers, duplicate cancels
+        handler = {
+            Begin: self._begin,
+            _ProviderDone: self._on_provider_done,
+            _ToolDone: self._on_tool_done,
+            _Timeout: self._on_timeout,
+            Cancel: self._on_cancel,
+            ApprovalDecided: self._on_approval_decided,
+        }.get(type(message))
+        if handler is None:
+            return super().on_receive(message)
+        return handler(message)
+
+    def status(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "state": self.state, "waiting": self.waiting,
+                "turn": self.turn, "tape_seq": self.seq}
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _begin(self, _: Begin) -> None:
+        if self.state != ACCEPTED:
+            return
+        now = self.clock.now_ms()
+        self.state = transition(self.state, "start")
+        provider = self.services.provider
+        self.provider_id = provider.provider_id
+        self.model_id = getattr(provider, "model", None)
+        self._op(store.set_run_started(self.run_id, now, self.model_id, self.provider_id))
+        self._op(store.lifecycle(self.run_id, self.session.session_id, ACCEPTED, IN_PROGRESS,
+                                 now_ms=now, reason="run.state.in_progress"))
+        self._tape("status", {"kind": IN_PROGRESS, "message": "streaming"})
+        catalog = self.services.tools.catalog()
+        self._tape("tool_catalog_snapshot", {
+            "schema_version": catalog.schema_version, "catalog_hash": catalog.catalog_hash,
+            "tools": list(catalog.names),
+        })
+        self._tape("agent_loop.started", {
+            "max_model_turns": self.limits.max_model_turns, "max_tool_calls": self.limits.max_tool_calls,
+            "wall_clock_budget_ms": self.limits.wall_clock_ms,
+        })
+        self.loop_started = True
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        elapsed_ms = (self.clock.monotonic() - self.started_mono) * 1000
+        if elapsed_ms > self.limits.wall_clock_ms:
+            return self._finish(FAILED, loop.WALL_CLOCK, error="wall-clock budget exhausted")
+        if self.turn >= self.limits.max_model_turns:
+            return self._finish(FAILED, loop.MAX_TURNS, error="model turn limit reached")
+        self.turn += 1
+        self._tape("agent_loop.turn_started", {"turn": self.turn})
+        catalog = self.services.tools.catalog()
+        request = ProviderRequest(
+            messages=tuple(self.messages),
+            tools=tuple(ToolSpec(t["name"], t["description"], t["input_schema"]) for t in catalog.tools),
+        )
+        self.token += 1
+        token, ref, cancel = self.token, self.actor_ref, self.cancel_event
+        provider, hub, run_id = self.services.provider, self.services.hub, self.run_id
+
+        def on_token(text: str) -> None:
+            hub.publish(RunEvent(run_id, "model_token", {"token": text, "is_final": False}))
+
+        def call() -> None:
+            try:
+                response, error = provider.complete(request, cancel=cancel, on_token=on_token), None
+            except BaseException as exc:  # reported to the actor, which decides
+                response, error = None, exc
+            _tell(ref, _ProviderDone(token, response, error))
+
+        self.waiting = "provider"
+        self._flush()
+        self.services.workers.submit(call)
+
+    def _on_provider_done(self, msg: _ProviderDone) -> None:
+        if msg.token != self.token or self.waiting != "provider":
+            return
+        self.waiting = None
+        if msg.error is not None:
+            if isinstance(msg.error, ProviderCancelled):
+                return  # a cancel is already being handled
+            text = msg.error.message if isinstance(msg.error, PalyraError) else repr(msg.error)
+            self._tape("agent_loop.terminated", {"reason": loop.PROVIDER_ERROR})
+            return self._finish(FAILED, loop.PROVIDER_ERROR, error=f"provider error: {redact_message(text)}",
+                                terminated=True)
+        response = msg.response
+        self.usage = self.usage.plus(response.usage.prompt_tokens, response.usage.completion_tokens)
+        self.model_id, self.provider_id = response.model_id, response.provider_id
+        if response.text:
+            self._tape("model_token", {"token": response.text, "is_final": True})
+        self._tape("provider_turn_output", {
+            "full_text": response.text,
+            "content_parts": ([{"kind": "text", "text": response.text}] if response.text else [])
+            + [{"kind": "tool_call", "id": c.id, "name": c.name, "arguments": c.arguments}
+               for c in response.tool_calls],
+            "finish_reason": str(response.finish_reason),
+            "usage": {"prompt_tokens": response.usage.prompt_tokens,
+                      "completion_tokens": response.usage.completion_tokens,
+                      "total_tokens": response.usage.total_tokens, "source": "provider"},
+            "provider_id": response.provider_id,
+            "model_id": response.model_id,
+            "retry_count": response.retry_count,
+        })
+        if response.tool_calls:
+            self.messages.append(Message("assistant", response.text, tool_calls=response.tool_calls))
+            self.proposals = [self._propose(call) for call in response.tool_calls]
+            return self._next_tool()
+        self.messages.append(Message("assistant", response.text))
+        self._tape("message.replied", {"reply_text": response.text})
+        self._tape("agent_loop.terminated", {"reason": loop.FINAL_ANSWER})
+        self._finish(DONE, loop.FINAL_ANSWER, reply=response.text, terminated=True)
+
+    # -- tools --------------------------------------------------------------------------------
+
+    def _propose(self, call: ModelToolCall) -> _Proposal:
+        tools = self.services.tools
+        config = self.services.config.tools
+        posture = config.posture.get(call.name, "ask_each_time")
+        needs = (tools.tool_requires_approval(call.name) or call.name in config.sensitive) \
+            and posture != "always_allow"
+        return _Proposal(call, new_ulid(), dict(call.arguments), needs, posture)
+
+    def _next_tool(self) -> None:
+        if not self.proposals:
+            self._tape("agent_loop.turn_completed", {"turn": self.turn})
+            return self._next_turn()
+        proposal = self.current = self.proposals.pop(0)
+        call = proposal.call
+        self._tape("tool_proposal", {
+            "proposal_id": proposal.proposal_id, "tool_name": call.name,
+            "input_json": call.arguments, "approval_required": proposal.approval_required,
+        })
+        try:
+            proposal.arguments = self.services.tools.validate_arguments(call.name, call.arguments)
+        except PalyraError as exc:
+            return self._intake_rejected(proposal, exc)
+        if not proposal.approval_required:
+            return self._decide(proposal, None)
+        # Ask only when an approval could change the outcome.
+        if not self._policy_decision(proposal, True).allowed:
+            return self._decide(proposal, True)
+        key = self._approval_key(call.name)
+        cached = self.services.approval_cache.lookup(key, self.clock.now_ms())
+        if cached is not None:
+            self._tape("tool_approval_response", {
+                "proposal_id": proposal.proposal_id, "approval_id": cached.approval_id,
+                "approved": cached.allowed, "decision_scope": cached.scope,
+                "reason": f"cached_approval(scope={cached.scope})",
+            })
+            return self._decide(proposal, cached.allowed)
+        self._request_approval(proposal)
+
+    def _intake_rejected(self, proposal: _Proposal, exc: PalyraError) -> None:
+        reason = f"{exc.code}: {exc.message}"
+        self.tool_calls_left = max(0, self.tool_calls_left - 1)
+        self._tape("tool_decision", {"proposal_id": proposal.proposal_id, "kind": "deny", "reason": reason,
+                                     "approval_required": False, "policy_enforced": False})
+        self._tape("tool.intake_rejected", {"proposal_id": proposal.proposal_id,
+                                            "tool_name": proposal.call.name, "reason": reason})
+        self._record_result(proposal, ToolOutput.failed(reason), self.clock.now_ms(), timed_out=False)
+        self._next_tool()
+
+    def _approval_key(self, tool_name: str) -> str:
+        s = self.session
+        return cache_key(s.principal, s.device_id, s.channel, s.session_id, f"tool:{tool_name}")
+
+    def _request_approval(self, proposal: _Proposal) -> None:
+        now = self.clock.now_ms()
+        timeout_ms = self.limits.approval_timeout_ms
+        s = self.session
+        approval = Approval(
+            approval_id=new_ulid(now), run_id=self.run_id, session_id=s.session_id,
+            principal=s.principal, device_id=s.device_id, channel=s.channel,
+            subject_type="tool", subject_id=f"tool:{proposal.call.name}",
+            proposal_id=proposal.proposal_id,
+            request_summary=request_summary(proposal.call.name, proposal.arguments),
+            prompt=approval_prompt(proposal.call.name, proposal.arguments, timeout_ms // 1000),
+            requested_at_unix_ms=now, expires_at_unix_ms=now + timeout_ms,
+        )
+        proposal.approval_id = approval.approval_id
+        snapshot = policy_snapshot(proposal.call.name, self.services.policy.engine.policy_text)
+        self._op(store.insert_approval(approval, snapshot))
+        self._tape("tool_approval_request", {
+            "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
+            "tool_name": proposal.call.name, "input_json": proposal.arguments,
+            "approval_required": True, "prompt": approval.prompt,
+            "request_summary": approval.request_summary,
+        })
+        self.waiting = "approval"
+        self.token += 1
+        self._after(timeout_ms / 1000, _Timeout("approval", self.token))
+        self._durable(lambda _: None)
+
+    def _on_approval_decided(self, msg: ApprovalDecided) -> None:
+        proposal = self.current
+        if self.waiting != "approval" or proposal is None or proposal.approval_id != msg.approval_id:
+            return
+        self.waiting = None
+        self.token += 1  # the approval timer is now stale
+        self._tape("tool_approval_response", {
+            "proposal_id": proposal.proposal_id, "approval_id": msg.approval_id,
+            "approved": msg.approved, "reason": msg.reason, "decision_scope": msg.scope,
+            "decision_scope_ttl_ms": msg.ttl_ms,
+        })
+        self._decide(proposal, msg.approved)
+
+    def _approval_timed_out(self) -> None:
+        proposal = self.current
+        assert proposal is not None and proposal.approval_id is not None
+        approval_id = proposal.approval_id
+        seconds = self.limits.approval_timeout_ms / 1000
+        self.waiting = "approval_timeout"
+        reason = f"approval timed out after {seconds:g}s"
+        now = self.clock.now_ms()
+
+        def record_timeout(txn: Txn) -> bool:
+            try:
+                store.resolve_approval(approval_id, "timeout", scope="once", reason=reason,
+                                       ttl_ms=None, now_ms=now)(txn)
+            except PalyraError:
+                return False  # decided meanwhile: that decision's message is on its way
+            return True
+
+        def then(recorded: bool) -> None:
+            if not recorded:
+                self.waiting = "approval"
+                return
+            self.waiting = None
+            self._tape("tool_approval_response", {
+                "proposal_id": proposal.proposal_id, "approval_id": approval_id, "approved": False,
+                "reason": reason, "decision": "timeout",
+            })
+            self._deny(proposal, ToolDecision("deny", f"tool execution denied: {reason}", True, True, False))
+
+        self._op(record_timeout)
+        self._durable(then)
+
+    def _policy_decision(self, proposal: _Proposal, outcome: bool | None) -> ToolDecision:
+        s = self.session
+        definition = self.services.tools.get(proposal.call.name)
+        return decide_tool_call(
+            self.services.policy.engine,
+            ToolCall(principal=s.principal, tool_name=proposal.call.name, device_id=s.device_id,
+                     channel=s.channel, session_id=s.session_id, run_id=self.run_id,
+                     capabilities=definition.capabilities),
+            remaining_budget=self.tool_calls_left,
+            posture=proposal.posture,  # type: ignore[arg-type]
+            approval_required=proposal.approval_required,
+            approval_outcome=outcome,
+        )
+
+    def _decide(self, proposal: _Proposal, outcome: bool | None) -> None:
+        decision = self._policy_decision(proposal, outcome)
+        if not decision.allowed:
+            return self._deny(proposal, decision)
+        self.tool_calls_left -= 1
+        self._tape("tool_decision", {
+            "proposal_id": proposal.proposal_id, "kind": "allow", "reason": decision.reason,
+            "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
+        })
+        self.waiting = "tool_durable"
+        self._durable(lambda _: self._execute(proposal))
+
+    def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
+        self._tape("tool_decision", {
+            "proposal_id": proposal.proposal_id, "kind": "deny", "reason": decision.reason,
+            "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
+        })
+        self._record_result(proposal, ToolOutput.failed(decision.reason), self.clock.now_ms(),
+                            timed_out=False, attest=False)
+        self._next_tool()
+
+    def _execute(self, proposal: _Proposal) -> None:
+        if self.state != IN_PROGRESS:
+            return
+        definition = self.services.tools.get(proposal.call.name)
+        timeout_s = self.limits.tool_timeout_ms / 1000
+        cancel = self.tool_exec_cancel = threading.Event()
+        ctx = ToolContext(run_id=self.run_id, session_id=self.session.session_id,
+                          principal=self.session.principal, cancel=cancel,
+                          deadline_monotonic=self.clock.monotonic() + timeout_s, clock=self.clock)
+        self.token += 1
+        token, ref, clock, args = self.token, self.actor_ref, self.clock, proposal.arguments
+
+        def execute() -> None:
+            started = clock.now_ms()
+            try:
+                output = definition.handler(args, ctx)
+            except Exception as exc:
+                output = ToolOutput.failed(f"tool raised {type(exc).__name__}: {redact_message(str(exc))}")
+            _tell(ref, _ToolDone(token, output, started))
+
+        self.waiting = "tool"
+        self._after(timeout_s, _Timeout("tool", token))
+        self.services.workers.submit(execute)
+
+    def _on_tool_done(self, msg: _ToolDone) -> None:
+        if msg.token != self.token or self.waiting != "tool" or self.current is None:
+            return
+        self.waiting = None
+        self._record_result(self.current, msg.output, msg.executed_at_ms, timed_out=False)
+        self._next_tool()
+
+    def _record_result(self, proposal: _Proposal, output: ToolOutput, executed_at_ms: int, *,
+                       timed_out: bool, attest: bool = True) -> None:
+        output_json = orjson.dumps(output.output, option=orjson.OPT_SORT_KEYS)
+        self._tape("tool_result", {
+            "proposal_id": proposal.proposal_id, "tool_name": proposal.call.name,
+            "success": output.success, "output_json": output.output, "error": output.error,
+        })
+        if attest:
+            input_json = orjson.dumps(proposal.arguments, option=orjson.OPT_SORT_KEYS)
+            self._tape("tool_attestation", {
+                "proposal_id": proposal.proposal_id, "attestation_id": new_ulid(),
+                "execution_sha256": execution_sha256(
+                    proposal.proposal_id, proposal.call.name, input_json, output.success, output_json,
+                    output.error or "", timed_out, EXECUTOR, SANDBOX, executed_at_ms),
+                "executed_at_unix_ms": executed_at_ms, "timed_out": timed_out, "executor": EXECUTOR,
+            })
+        content = orjson.dumps({"success": output.success, "tool_name": proposal.call.name,
+                                "error": output.error, "output": output.output}).decode()
+        self.messages.append(Message("tool", content, tool_call_id=proposal.call.id))
+
+    # -- timeouts and cancellation ---------------------------------------------------------
+
+    def _on_timeout(self, msg: _Timeout) -> None:
+        if msg.kind == "wall_clock":
+            self.cancel_event.set()
+            if self.loop_started:
+                self._tape("agent_loop.terminated", {"reason": loop.WALL_CLOCK})
+            return self._finish(FAILED, loop.WALL_CLOCK, error="wall-clock budget exhausted",
+                                terminated=True)
+        if msg.token != self.token:
+            return
+        if msg.kind == "tool" and self.waiting == "tool" and self.current is not None:
+            if self.tool_exec_cancel is not None:
+                self.tool_exec_cancel.set()
+            self.waiting = None
+            self.token += 1
+            error = f"tool execution timed out after {self.limits.tool_timeout_ms}ms"
+            self._record_result(self.current, ToolOutput.failed(error), self.clock.now_ms(), timed_out=True)
+            return self._next_tool()
+        if msg.kind == "approval" and self.waiting == "approval":
+            return self._approval_timed_out()
+
+    def _on_cancel(self, msg: Cancel) -> None:
+        self.cancel_event.set()
+        if self.tool_exec_cancel is not None:
+            self.tool_exec_cancel.set()
+        now = self.clock.now_ms()
+        self._op(store.set_cancel_requested(self.run_id, msg.reason, now))
+        if self.waiting in ("approval", "approval_timeout") and self.current and self.current.approval_id:
+            approval_id = self.current.approval_id
+
+            def close_approval(txn: Txn) -> None:
+                try:
+                    store.resolve_approval(approval_id, "error", scope="once", reason="run cancelled",
+                                           ttl_ms=None, now_ms=now)(txn)
+                except PalyraError:
+                    pass
+
+            self._op(close_approval)
+        if self.loop_started:
+            self._tape("agent_loop.terminated", {"reason": loop.CANCELLATION})
+        self._finish(CANCELLED, loop.CANCELLATION, error=f"cancelled by request: {msg.reason}",
+                     terminated=True)
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _finish(self, state: str, reason: str, *, reply: str | None = None, error: str | None = None,
+                terminated: bool = False) -> None:
+        if self.state in (DONE, FAILED, CANCELLED):
+            return
+        event = {DONE: "complete", FAILED: "fail", CANCELLED: "cancel"}[state]
+        previous, self.state = self.state, transition(self.state, event)
+        self.waiting = None
+        self.cancel_event.set()
+        for handle in self._timers:
+            handle.cancel()
+        now = self.clock.now_ms()
+        if self.loop_started and not terminated:
+            self._tape("agent_loop.terminated", {"reason": reason})
+        self._op(store.set_run_terminal(self.run_id, state, now_ms=now, usage=self.usage,
+                                        last_error=error, termination_reason=reason, reply_text=reply))
+        self._op(store.lifecycle(self.run_id, self.session.session_id, previous, state, now_ms=now,
+                                 reason=error or f"run.state.{state}"))
+        payload = {
+            "kind": state,
+            "message": {DONE: "completed", FAILED: error, CANCELLED: error}[state],
+            "termination_reason": reason,
+            "reply_text": reply,
+            "last_error": error,
+            "usage": dataclasses.asdict(self.usage),
+        }
+        seq = self._tape("status", payload, publish=False)
+        hub, run_id = self.services.hub, self.run_id
+
+        def announce(_: Any) -> None:
+            hub.publish(RunEvent(run_id, "status", payload, seq))
+            self.stop()
+
+        self._durable(announce)
+
+    # -- journal pipeline ---------------------------------------------------------------------
+
+    def _tape(self, event_type: str, payload: dict[str, Any], *, publish: bool = True) -> int:
+        seq = self.seq
+        self._pending.append(TapeDraft.build(
+            self.run_id, seq, event_type, payload, now_ms=self.clock.now_ms(),
+            max_payload_bytes=self.services.config.journal.max_payload_bytes,
+        ))
+        self.seq += 1
+        if publish:
+            self.services.hub.publish(RunEvent(self.run_id, event_type, payload, seq))
+        return seq
+
+    def _op(self, op: Callable[[Txn], Any]) -> None:
+        self._pending.append(op)
+
+    def _flush(self) -> None:
+        """Send what is pending (if no write is in flight); do not wait for it."""
+        if self._inflight is not None or not self._pending:
+            return
+        ops = _compile(self._pending)
+        then, self._pending, self._pending_then = self._pending_then, [], []
+        write = self._new_write(ops)
+        self._inflight = (write, ops, then)
+        self._dispatch(write)
+
+    def _durable(self, then: Callable[[Any], None]) -> None:
+        """Run ``then`` once everything taped so far is committed."""
+        if not self._pending and self._inflight is None:
+            then(None)
+            return
+        if self._pending:
+            self._pending_then.append(then)
+        else:
+            self._inflight[2].append(then)  # type: ignore[index]
+        self._flush()
+
+    def _new_write(self, ops: tuple[Any, ...]) -> Write:
+        write = Write(ops)
+        ref = self.actor_ref
+        write.on_done = lambda w: _tell(ref, _Flushed(w))
+        return write
+
+    def _dispatch(self, write: Write) -> None:
+        journal = self.services.names.get(JOURNAL)
+        if journal is not None:
+            try:
+                journal.tell(write)
+                return
+            except pykka.ActorDeadError:
+                pass
+        self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
+
+    def _on_flushed(self, write: Write) -> None:
+        if self._inflight is None or self._inflight[0] is not write:
+            return
+        _, ops, then = self._inflight
+        error = write.error
+        if error is None or isinstance(error, AlreadyExists):
+            # AlreadyExists: a resent write whose first incarnation did commit.
+            self._inflight = None
+            for callback in then:
+                callback(write.value)
+            self._flush()
+            return
+        if isinstance(error, _RETRYABLE):
+            retry = self._new_write(ops)
+            self._inflight = (retry, ops, then)
+            self._after(0.005, _Redispatch(retry))
+            return
+        log.error("run %s: journal write failed: %s", self.run_id, error)
+        raise error  # crash: the supervisor fails the run with this reason
+
+    def _after(self, delay: float, message: Any) -> None:
+        ref = self.actor_ref
+        self._timers.append(self.services.timers.call_later(delay, lambda: _tell(ref, message)))
+
+    def _heartbeat(self) -> None:
+        beats = self.services.heartbeats
+        beats[self.spec.run_id] = time.monotonic()
+
+
+def _compile(pending: list[Any]) -> tuple[Any, ...]:
+    """Group consecutive tape drafts into one operation each."""
+    ops: list[Any] = []
+    drafts: list[TapeDraft] = []
+    for item in pending:
+        if isinstance(item, TapeDraft):
+            drafts.append(item)
+            continue
+        if drafts:
+            ops.append(store.append_tape(tuple(drafts)))
+            drafts = []
+        ops.append(item)
+    if drafts:
+        ops.append(store.append_tape(tuple(drafts)))
+    return tuple(ops)
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass  # the run finished (or was replaced) meanwhile
