@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pykka
 
 from actors.journal import JOURNAL, Write
@@ -125,8 +124,9 @@ class _Redispatch:
     write: Write
 
 
-class _Recover:
-    pass
+class RecoverRuns:
+    """Look for runs whose actor is gone: relaunch ``accepted`` ones, fail the rest.
+    Sent by the gateway to itself at start and by the runs supervisor at every start."""
 
 
 class _PendingLookup:
@@ -161,7 +161,7 @@ class GatewayActor(Supervised):
         cache = svc.approval_cache
         for approval in self.q.cached_decisions(self.clock.now_ms()):
             cache.remember(approval)
-        self.actor_ref.tell(_Recover())
+        self.actor_ref.tell(RecoverRuns())
 
     def terminate(self) -> None:
         # Admissions in flight were never answered: fail them as never handled, so
@@ -186,7 +186,7 @@ class GatewayActor(Supervised):
             DecideApproval: self._decide,
             ResolveSessionRequest: self._resolve_session,
             ArchiveSession: self._archive_session,
-            _Recover: self._recover,
+            RecoverRuns: self._recover,
         }.get(kind)
         if handler is None:
             return super().on_receive(message)
@@ -299,7 +299,7 @@ class GatewayActor(Supervised):
                         origin_kind=req.origin_kind, triggered_by_principal=identity.principal)
         limit = self.services.config.journal.max_payload_bytes
         ops += [
-            store.insert_run(run, fingerprint),
+            store.insert_run(run, fingerprint, req.text),
             store.lifecycle(run.run_id, session.session_id, None, ACCEPTED, now_ms=now,
                             reason="run.accepted", actor_kind="principal",
                             actor_id=identity.principal, idempotency_key=f"run:start:{run.run_id}"),
@@ -325,22 +325,9 @@ class GatewayActor(Supervised):
         return [store.update_session(session, label_changed=resolution.label_changed)]
 
     def _history(self, session_id: str) -> tuple[Message, ...]:
-        rows = self.conn.execute(
-            "SELECT t.event_type, t.payload_json FROM orchestrator_tape t"
-            " JOIN (SELECT run_ulid, created_at_unix_ms FROM orchestrator_runs WHERE session_ulid = ?"
-            "       AND state = 'done' ORDER BY created_at_unix_ms DESC LIMIT ?) r"
-            " ON r.run_ulid = t.run_ulid"
-            " WHERE t.event_type IN ('message.received', 'message.replied')"
-            " ORDER BY r.created_at_unix_ms, t.seq",
-            (session_id, HISTORY_RUNS),
-        ).fetchall()
-        messages = []
-        for event_type, payload_json in rows:
-            payload = orjson.loads(payload_json)
-            if event_type == "message.received":
-                messages.append(Message("user", str(payload.get("text", ""))))
-            else:
-                messages.append(Message("assistant", str(payload.get("reply_text", ""))))
+        messages: list[Message] = []
+        for text, reply in self.q.history(session_id, HISTORY_RUNS):
+            messages += [Message("user", text), Message("assistant", reply)]
         return tuple(messages)
 
     def _admitted(self, write: Write, spec: RunSpec, created: bool) -> None:
@@ -422,7 +409,7 @@ class GatewayActor(Supervised):
 
         self._write([op], done)
 
-    def _recover(self, _: _Recover) -> None:
+    def _recover(self, _: RecoverRuns) -> None:
         """Runs left behind by a previous incarnation or process."""
         names = self.services.names
         for run in self.q.runs(states=[ACCEPTED, IN_PROGRESS], limit=10_000):

@@ -169,7 +169,7 @@ class RunActor(Supervised):
         self._timers: list[Any] = []
         self.started_mono = self.clock.monotonic()
         self._heartbeat()
-        self._after(self.limits.wall_clock_ms / 1000, _Timeout("wall_clock", 0))
+        self._wall_clock_armed = False
 
     def terminate(self) -> None:
         for handle in getattr(self, "_timers", ()):
@@ -244,6 +244,7 @@ class RunActor(Supervised):
         self._tape("agent_loop.turn_started", {"turn": self.turn})
         catalog = self.services.tools.catalog()
         request = ProviderRequest(
+            stream=True,  # tokens fan out live; providers that cannot stream ignore it
             messages=tuple(self.messages),
             tools=tuple(ToolSpec(t["name"], t["description"], t["input_schema"]) for t in catalog.tools),
         )
@@ -254,16 +255,19 @@ class RunActor(Supervised):
         def on_token(text: str) -> None:
             hub.publish(RunEvent(run_id, "model_token", {"token": text, "is_final": False}))
 
-        def call() -> None:
+        def complete() -> _ProviderDone:
             try:
-                response, error = provider.complete(request, cancel=cancel, on_token=on_token), None
+                return _ProviderDone(token, provider.complete(request, cancel=cancel, on_token=on_token), None)
             except BaseException as exc:  # reported to the actor, which decides
-                response, error = None, exc
-            _tell(ref, _ProviderDone(token, response, error))
+                return _ProviderDone(token, None, exc)
 
         self.waiting = "provider"
+        may_block = getattr(provider, "may_block", None)
+        if may_block is not None and not may_block(request):
+            return self._on_provider_done(complete())  # cannot block: no thread hop
         self._flush()
-        self.services.workers.submit(call)
+        self._arm_wall_clock()
+        self.services.workers.submit(lambda: _tell(ref, complete()))
 
     def _on_provider_done(self, msg: _ProviderDone) -> None:
         if msg.token != self.token or self.waiting != "provider":
@@ -381,6 +385,7 @@ class RunActor(Supervised):
         })
         self.waiting = "approval"
         self.token += 1
+        self._arm_wall_clock()
         self._after(timeout_ms / 1000, _Timeout("approval", self.token))
         self._durable(lambda _: None)
 
@@ -475,17 +480,20 @@ class RunActor(Supervised):
         self.token += 1
         token, ref, clock, args = self.token, self.actor_ref, self.clock, proposal.arguments
 
-        def execute() -> None:
+        def execute() -> _ToolDone:
             started = clock.now_ms()
             try:
                 output = definition.handler(args, ctx)
             except Exception as exc:
                 output = ToolOutput.failed(f"tool raised {type(exc).__name__}: {redact_message(str(exc))}")
-            _tell(ref, _ToolDone(token, output, started))
+            return _ToolDone(token, output, started)
 
         self.waiting = "tool"
+        if not definition.blocking:
+            return self._on_tool_done(execute())
+        self._arm_wall_clock()
         self._after(timeout_s, _Timeout("tool", token))
-        self.services.workers.submit(execute)
+        self.services.workers.submit(lambda: _tell(ref, execute()))
 
     def _on_tool_done(self, msg: _ToolDone) -> None:
         if msg.token != self.token or self.waiting != "tool" or self.current is None:
@@ -666,6 +674,14 @@ class RunActor(Supervised):
             return
         log.error("run %s: journal write failed: %s", self.run_id, error)
         raise error  # crash: the supervisor fails the run with this reason
+
+    def _arm_wall_clock(self) -> None:
+        """The wall-clock budget needs a timer only once the run waits on something
+        outside itself; steps run inline check the budget at every turn."""
+        if not self._wall_clock_armed:
+            self._wall_clock_armed = True
+            remaining = self.limits.wall_clock_ms / 1000 - (self.clock.monotonic() - self.started_mono)
+            self._after(max(0.0, remaining), _Timeout("wall_clock", 0))
 
     def _after(self, delay: float, message: Any) -> None:
         ref = self.actor_ref

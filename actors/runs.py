@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pykka
+
+from actors.gateway import GATEWAY, RecoverRuns
 from actors.journal import JOURNAL, Write
 from palyra.orchestrator import store
 from palyra.orchestrator.state import FAILED
@@ -22,6 +25,17 @@ log = logging.getLogger("palyra.runs")
 
 
 class RunsSupervisor(Supervisor):
+    def init(self) -> None:
+        super().init()
+        # A restart of this supervisor stopped every run actor it had: the gateway
+        # finds their runs (and any admitted while it was down) and settles them.
+        gateway = self.services.names.get(GATEWAY)
+        if gateway is not None:
+            try:
+                gateway.tell(RecoverRuns())
+            except pykka.ActorDeadError:
+                pass  # a starting gateway recovers on its own
+
     def child_failed(self, spec: ChildSpec, reason: str) -> None:
         run_spec = spec.kwargs.get("spec")
         if run_spec is None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from palyra.errors import Timeout
-from palyra.records import RunEvent, RunResult, TapeEvent, Usage
+from palyra.records import TERMINAL_STATES, RunEvent, RunResult, TapeEvent, Usage
 
 
 def _from_tape(event: TapeEvent) -> RunEvent:
@@ -63,8 +63,8 @@ class RunHandle:
         hub = self._rt.services.hub
         hub.subscribe(self.id, sink)
         try:
-            run = self._rt.run(self.id)
-            if run.terminal:
+            if self._rt.run_state(self.id) in TERMINAL_STATES:
+                run = self._rt.run(self.id)
                 return RunResult(run.run_id, run.session_id, run.state, run.reply_text, run.usage,
                                  run.last_error, run.termination_reason)
             if not done.wait(timeout):

@@ -195,6 +195,7 @@ def _is_diagnostic_key_sensitive(key: str) -> bool:
     return _matches_marker(key, _DIAGNOSTIC_KEY_MARKERS)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_count_key(key: str, markers: tuple[str, ...]) -> bool:
     """True for token-counter keys that are sensitive *only* because they say "token"."""
     snake = "_".join(_key_words(key))
@@ -240,9 +241,45 @@ def _token_details(
     return out, redacted
 
 
+_SECRET_VALUE_RE = re.compile("|".join(map(re.escape, _SECRET_VALUE_MARKERS)), re.IGNORECASE)
+
+
 def _looks_like_secret(text: str) -> bool:
-    lowered = text.lower()
-    return lowered.startswith("sk-") or any(m in lowered for m in _SECRET_VALUE_MARKERS)
+    return text[:3].lower() == "sk-" or _SECRET_VALUE_RE.search(text) is not None
+
+
+_SQUASH = b"_-. :="
+
+
+def _hint_words() -> tuple[bytes, ...]:
+    """Every marker that could make the payload walk redact anything, squashed.
+
+    Squashing drops separators from both sides, so "api-key", "apiKey" and "api_key"
+    all contain "apikey". It only ever finds *more* hints than the walk would act on,
+    never fewer, which is what makes the fast path below safe.
+    """
+    words = {*_PAYLOAD_KEY_MARKERS, *_SECRET_VALUE_MARKERS, *_PIN_WORDS}
+    return tuple(sorted({w.encode().lower().translate(None, _SQUASH) for w in words}))
+
+
+_HINT_WORDS = _hint_words()
+# Numeric token counters are kept by the walk (quota fix of 13.2); remove them before
+# looking for hints so usage blocks do not force the slow path.
+_COUNTERS_RE = re.compile(
+    rb'"(?:prompt|completion|total|cached|reasoning|input|output|max|budget)_tokens":(?:-?\d+|null)'
+)
+
+
+_HINT_SEARCH = re.compile(b"|".join(re.escape(w) for w in _HINT_WORDS))
+
+
+def _may_need_redaction(raw: bytes) -> bool:
+    lowered = raw.lower()
+    if b"sk-" in lowered:
+        return True
+    if b'tokens":' in lowered:
+        lowered = _COUNTERS_RE.sub(b"", lowered)
+    return _HINT_SEARCH.search(lowered.translate(None, _SQUASH)) is not None
 
 
 # --- payload redaction ----------------------------------------------------------------
@@ -295,6 +332,11 @@ def sanitize_payload(
                 "binary_or_non_utf8_payload", len(payload.encode("utf-8", "surrogatepass"))
             )
         return _sanitize_text(payload, size, keep_keys)
+    if isinstance(payload, dict | list):
+        raw = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+        shallow = raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+        if shallow and not _may_need_redaction(raw):
+            return raw.decode(), False
     value, redacted = sanitize_value(payload, keep_keys)
     return _dumps(value), redacted
 

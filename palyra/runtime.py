@@ -344,6 +344,12 @@ class Runtime:
             raise NotFound(f"run {run_id} not found", details={"run_id": run_id})
         return run
 
+    def run_state(self, run_id: str) -> str:
+        state = self._queries().run_state(run_id)
+        if state is None:
+            raise NotFound(f"run {run_id} not found", details={"run_id": run_id})
+        return state
+
     def runs(self, *, state: str | None = None, session_id: str | None = None,
              limit: int = 100) -> list[Run]:
         return self._queries().runs(states=[state] if state else None, session_id=session_id, limit=limit)

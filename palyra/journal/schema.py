@@ -80,6 +80,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             total_tokens INTEGER NOT NULL DEFAULT 0,
             last_error TEXT,
             termination_reason TEXT,
+            input_text TEXT,
             reply_text TEXT,
             model_id TEXT,
             provider_id TEXT,
@@ -89,7 +90,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             triggered_by_principal TEXT,
             request_sha256 TEXT NOT NULL
         );
-        CREATE INDEX orchestrator_runs_session ON orchestrator_runs(session_ulid, created_at_unix_ms);
+        CREATE INDEX orchestrator_runs_session
+            ON orchestrator_runs(session_ulid, state, created_at_unix_ms);
         CREATE INDEX orchestrator_runs_state ON orchestrator_runs(state);
 
         CREATE TABLE orchestrator_tape (

@@ -19,6 +19,7 @@ from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
 from palyra.orchestrator.state import PHASES
 from palyra.records import Approval, Identity, Run, Session, TapeEvent, Usage
+from palyra.redaction import sanitize_value
 
 Op = Callable[[Txn], Any]
 
@@ -73,15 +74,18 @@ def request_sha256(fields: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def insert_run(run: Run, request_hash: str) -> Op:
+def insert_run(run: Run, request_hash: str, input_text: str) -> Op:
+    """``input_text`` is stored redacted, as on the tape (it feeds later turns' history)."""
+    stored_input = sanitize_value(input_text)[0]
+
     def op(txn: Txn) -> None:
         txn.conn.execute(
             "INSERT INTO orchestrator_runs(run_ulid, session_ulid, state, created_at_unix_ms,"
             " updated_at_unix_ms, origin_kind, origin_run_ulid, parent_run_ulid,"
-            " triggered_by_principal, request_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " triggered_by_principal, request_sha256, input_text) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (run.run_id, run.session_id, run.state, run.created_at_unix_ms, run.updated_at_unix_ms,
              run.origin_kind, run.origin_run_id, run.parent_run_id, run.triggered_by_principal,
-             request_hash),
+             request_hash, stored_input),
         )
         txn.conn.execute(
             "UPDATE orchestrator_sessions SET last_run_ulid = ?, updated_at_unix_ms = ?"
@@ -127,6 +131,10 @@ def set_run_started(run_id: str, now_ms: int, model_id: str | None, provider_id:
     return op
 
 
+def _stored_text(text: str | None) -> str | None:
+    return None if text is None else sanitize_value(text)[0]
+
+
 def set_run_terminal(
     run_id: str,
     state: str,
@@ -138,6 +146,7 @@ def set_run_terminal(
     reply_text: str | None,
 ) -> Op:
     """Finish a run. Guarded: a run already terminal is left as it is (returns False)."""
+    reply_text = _stored_text(reply_text)
 
     def op(txn: Txn) -> bool:
         txn.conn.execute(
@@ -351,6 +360,21 @@ class Queries:
             "SELECT count(*) FROM orchestrator_tape WHERE run_ulid = ?", (run_id,)
         ).fetchone()[0]
         return _run(row, count)
+
+    def history(self, session_id: str, runs: int) -> list[tuple[str, str]]:
+        """(input, reply) of the session's last finished runs, oldest first."""
+        rows = self.conn.execute(
+            "SELECT input_text, reply_text FROM orchestrator_runs WHERE session_ulid = ?"
+            " AND state = 'done' ORDER BY created_at_unix_ms DESC LIMIT ?",
+            (session_id, runs),
+        ).fetchall()
+        return [(i or "", r or "") for i, r in reversed(rows)]
+
+    def run_state(self, run_id: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT state FROM orchestrator_runs WHERE run_ulid = ?", (run_id,)
+        ).fetchone()
+        return row[0] if row else None
 
     def run_request_hash(self, run_id: str) -> str | None:
         row = self.conn.execute(

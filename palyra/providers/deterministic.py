@@ -182,6 +182,19 @@ class DeterministicProvider:
         self._count("successes")
         return response
 
+    def may_block(self, request: ProviderRequest) -> bool:
+        """Only ``@sleep`` makes this provider wait; otherwise a caller may run it inline."""
+        index = _last_user_index(request.messages)
+        if index is None:
+            return False
+        text = request.messages[index].content
+        if "@sleep" not in text:
+            return False
+        try:
+            return parse_script(text).sleep_s > 0
+        except Exception:
+            return False
+
     def status_snapshot(self) -> dict[str, Any]:
         with self._lock:
             totals = dict(self._counters)

@@ -64,6 +64,7 @@ ECHO = ToolDefinition(
     max_input_bytes=16 * KIB,
     handler=_echo,
     parallel_safe=True,
+    blocking=False,
 )
 
 SLEEP = ToolDefinition(

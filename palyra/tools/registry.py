@@ -97,6 +97,9 @@ class ToolDefinition:
     capabilities: frozenset[str] = frozenset()
     sensitive: bool = False
     parallel_safe: bool = False
+    # False for pure in-memory tools that return at once: the runtime may call them
+    # inline instead of on a worker thread (no timeout can be missed).
+    blocking: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):

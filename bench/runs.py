@@ -1,0 +1,99 @@
+"""Completed runs per second: one allowed tool call and a final answer per run.
+
+Prints one JSON line: runs/s and p50/p99 run latency (send -> terminal result) with the
+deterministic provider and the durable tape, sequentially and with 50 concurrent
+callers; beside it, in the same process, the floor: a bare apsw loop writing the same
+number of tape rows per run (one transaction per run), and the ratio.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+
+import apsw
+from _common import emit, pct
+
+import palyra
+
+TEXT = 'hello bench\n@tool palyra.echo {"text": "hi"}'
+CONFIG = {"tools": {"allowed": ["palyra.echo"]}}
+
+
+def measure(rt: palyra.Runtime, runs: int, callers: int) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_caller = runs // callers
+    barrier = threading.Barrier(callers + 1)
+
+    def caller(n: int) -> None:
+        mine = []
+        barrier.wait()
+        for i in range(per_caller):
+            t0 = time.perf_counter()
+            result = rt.send(TEXT, session_key=f"bench-{n}-{i % 20}").wait(30)
+            mine.append(time.perf_counter() - t0)
+            assert result.state == "done", result
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return {
+        "runs": len(latencies),
+        "runs_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(pct(latencies, 50) * 1000, 3),
+        "p99_ms": round(pct(latencies, 99) * 1000, 3),
+    }
+
+
+def floor(runs: int, rows_per_run: int) -> float:
+    """Bare apsw: the same tape rows per run, one transaction per run, nothing else."""
+    payload = '{"kind":"status","message":"' + "x" * 120 + '"}'
+    with tempfile.TemporaryDirectory() as d:
+        conn = apsw.Connection(f"{d}/floor.sqlite3")
+        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE tape(run TEXT, seq INTEGER, type TEXT, payload TEXT, at INTEGER,"
+            " hash TEXT, prev TEXT, PRIMARY KEY(run, seq)) WITHOUT ROWID"
+        )
+        t0 = time.perf_counter()
+        for r in range(runs):
+            run = f"run-{r:010d}"
+            with conn:
+                conn.executemany(
+                    "INSERT INTO tape VALUES (?,?,?,?,?,?,?)",
+                    [(run, s, "status", payload, 0, "h" * 64, "p" * 64) for s in range(rows_per_run)],
+                )
+        elapsed = time.perf_counter() - t0
+        conn.close()
+    return runs / elapsed
+
+
+def main() -> None:
+    figures: dict = {"bench": "runs", "workload": "1 allowed tool call + final answer"}
+    with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(d, CONFIG) as rt:
+        rt.send(TEXT, session_key="warmup").wait(30)
+        figures["sequential"] = measure(rt, 1500, 1)
+        figures["concurrent_50"] = measure(rt, 2000, 50)
+        sample = rt.runs(limit=1)[0]
+        rows = len(rt.tape(sample.run_id))
+        assert rt.verify_journal().ok
+    figures["tape_rows_per_run"] = rows
+    floor_rate = floor(2000, rows)
+    figures["floor_bare_apsw_runs_per_s"] = round(floor_rate, 1)
+    figures["ratio_sequential_to_floor"] = round(figures["sequential"]["runs_per_s"] / floor_rate, 4)
+    figures["ratio_concurrent_to_floor"] = round(figures["concurrent_50"]["runs_per_s"] / floor_rate, 4)
+    figures["target"] = "sequential >= 1500 runs/s"
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()
