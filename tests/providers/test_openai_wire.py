@@ -194,7 +194,8 @@ def test_accumulator_assembles_interleaved_tool_call_deltas_by_index():
     assert turn.finish_reason == "tool_calls"
 
 
-@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=4), st.data())
+# orjson (like most JSON parsers) reads integers beyond 64 bits as floats: stay within.
+@given(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=4), st.data())
 def test_tool_arguments_split_anywhere_reassemble(args, data):
     text = json.dumps(args)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
