@@ -322,7 +322,10 @@ class GatewayActor(Supervised):
     def _session_ops(self, resolution: Resolution, session: Session) -> list[Any]:
         if resolution.created:
             return [store.insert_session(session)]
-        return [store.update_session(session, label_changed=resolution.label_changed)]
+        if resolution.reset_applied:
+            self.services.approval_cache.forget_session(session.session_id)
+        return [store.update_session(session, label_changed=resolution.label_changed,
+                                     reset=resolution.reset_applied)]
 
     def _history(self, session_id: str) -> tuple[Message, ...]:
         messages: list[Message] = []
@@ -501,8 +504,6 @@ class GatewayActor(Supervised):
         except PalyraError as exc:
             req.fail(exc)
             return
-        if resolution.reset_applied:
-            self.services.approval_cache.forget_session(resolution.session.session_id)
         ops = self._session_ops(resolution, resolution.session)
         if resolution.created:
             self._pending_sessions[resolution.session.session_key] = resolution.session

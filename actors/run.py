@@ -134,6 +134,14 @@ class _Proposal:
 _RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
 
 
+@dataclasses.dataclass
+class _Inflight:
+    write: Write
+    ops: tuple[Any, ...]
+    events: list[RunEvent]
+    then: list[Callable[[Any], None]]
+
+
 class RunActor(Supervised):
     def __init__(self, *, ctx: Any = None, spec: RunSpec) -> None:
         super().__init__(ctx=ctx)
@@ -164,8 +172,9 @@ class RunActor(Supervised):
         self.model_id: str | None = None
         self.provider_id: str | None = None
         self._pending: list[Any] = []  # TapeDrafts and ops not yet sent
+        self._pending_events: list[RunEvent] = []  # published once their write commits
         self._pending_then: list[Callable[[Any], None]] = []
-        self._inflight: tuple[Write, tuple[Any, ...], list[Callable[[Any], None]]] | None = None
+        self._inflight: _Inflight | None = None
         self._timers: list[Any] = []
         self.started_mono = self.clock.monotonic()
         self._heartbeat()
@@ -323,14 +332,13 @@ class RunActor(Supervised):
             return self._next_turn()
         proposal = self.current = self.proposals.pop(0)
         call = proposal.call
-        self._tape("tool_proposal", {
-            "proposal_id": proposal.proposal_id, "tool_name": call.name,
-            "input_json": call.arguments, "approval_required": proposal.approval_required,
-        })
         try:
             proposal.arguments = self.services.tools.validate_arguments(call.name, call.arguments)
         except PalyraError as exc:
+            proposal.approval_required = False  # rejected at intake: nothing to approve
+            self._tape_proposal(proposal)
             return self._intake_rejected(proposal, exc)
+        self._tape_proposal(proposal)
         if not proposal.approval_required:
             return self._decide(proposal, None)
         # Ask only when an approval could change the outcome.
@@ -346,6 +354,12 @@ class RunActor(Supervised):
             })
             return self._decide(proposal, cached.allowed)
         self._request_approval(proposal)
+
+    def _tape_proposal(self, proposal: _Proposal) -> None:
+        self._tape("tool_proposal", {
+            "proposal_id": proposal.proposal_id, "tool_name": proposal.call.name,
+            "input_json": proposal.call.arguments, "approval_required": proposal.approval_required,
+        })
 
     def _intake_rejected(self, proposal: _Proposal, exc: PalyraError) -> None:
         reason = f"{exc.code}: {exc.message}"
@@ -371,7 +385,7 @@ class RunActor(Supervised):
             subject_type="tool", subject_id=f"tool:{proposal.call.name}",
             proposal_id=proposal.proposal_id,
             request_summary=request_summary(proposal.call.name, proposal.arguments),
-            prompt=approval_prompt(proposal.call.name, proposal.arguments, timeout_ms // 1000),
+            prompt=approval_prompt(proposal.call.name, proposal.arguments, -(-timeout_ms // 1000)),
             requested_at_unix_ms=now, expires_at_unix_ms=now + timeout_ms,
         )
         proposal.approval_id = approval.approval_id
@@ -456,6 +470,8 @@ class RunActor(Supervised):
             "proposal_id": proposal.proposal_id, "kind": "allow", "reason": decision.reason,
             "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
         })
+        if not self.services.tools.get(proposal.call.name).side_effects:
+            return self._execute(proposal)  # harmless to repeat: no durability point
         self.waiting = "tool_durable"
         self._durable(lambda _: self._execute(proposal))
 
@@ -491,6 +507,7 @@ class RunActor(Supervised):
         self.waiting = "tool"
         if not definition.blocking:
             return self._on_tool_done(execute())
+        self._flush()  # what happened so far is on its way to disk while the tool runs
         self._arm_wall_clock()
         self._after(timeout_s, _Timeout("tool", token))
         self.services.workers.submit(lambda: _tell(ref, execute()))
@@ -563,8 +580,8 @@ class RunActor(Supervised):
             self._op(close_approval)
         if self.loop_started:
             self._tape("agent_loop.terminated", {"reason": loop.CANCELLATION})
-        self._finish(CANCELLED, loop.CANCELLATION, error=f"cancelled by request: {msg.reason}",
-                     terminated=True)
+        error = msg.reason if msg.reason.startswith("cancelled") else f"cancelled by request: {msg.reason}"
+        self._finish(CANCELLED, loop.CANCELLATION, error=error, terminated=True)
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -593,26 +610,21 @@ class RunActor(Supervised):
             "last_error": error,
             "usage": dataclasses.asdict(self.usage),
         }
-        seq = self._tape("status", payload, publish=False)
-        hub, run_id = self.services.hub, self.run_id
-
-        def announce(_: Any) -> None:
-            hub.publish(RunEvent(run_id, "status", payload, seq))
-            self.stop()
-
-        self._durable(announce)
+        self._tape("status", payload)
+        self._durable(lambda _: self.stop())  # the terminal event is out once durable
 
     # -- journal pipeline ---------------------------------------------------------------------
 
-    def _tape(self, event_type: str, payload: dict[str, Any], *, publish: bool = True) -> int:
+    def _tape(self, event_type: str, payload: dict[str, Any]) -> int:
+        """Append a step; subscribers see it once it is committed (so a subscriber that
+        replays the tape and then follows live events can never miss one)."""
         seq = self.seq
         self._pending.append(TapeDraft.build(
             self.run_id, seq, event_type, payload, now_ms=self.clock.now_ms(),
             max_payload_bytes=self.services.config.journal.max_payload_bytes,
         ))
+        self._pending_events.append(RunEvent(self.run_id, event_type, payload, seq))
         self.seq += 1
-        if publish:
-            self.services.hub.publish(RunEvent(self.run_id, event_type, payload, seq))
         return seq
 
     def _op(self, op: Callable[[Txn], Any]) -> None:
@@ -623,10 +635,10 @@ class RunActor(Supervised):
         if self._inflight is not None or not self._pending:
             return
         ops = _compile(self._pending)
-        then, self._pending, self._pending_then = self._pending_then, [], []
-        write = self._new_write(ops)
-        self._inflight = (write, ops, then)
-        self._dispatch(write)
+        inflight = _Inflight(self._new_write(ops), ops, self._pending_events, self._pending_then)
+        self._pending, self._pending_events, self._pending_then = [], [], []
+        self._inflight = inflight
+        self._dispatch(inflight.write)
 
     def _durable(self, then: Callable[[Any], None]) -> None:
         """Run ``then`` once everything taped so far is committed."""
@@ -636,7 +648,7 @@ class RunActor(Supervised):
         if self._pending:
             self._pending_then.append(then)
         else:
-            self._inflight[2].append(then)  # type: ignore[index]
+            self._inflight.then.append(then)  # type: ignore[union-attr]
         self._flush()
 
     def _new_write(self, ops: tuple[Any, ...]) -> Write:
@@ -656,21 +668,23 @@ class RunActor(Supervised):
         self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
 
     def _on_flushed(self, write: Write) -> None:
-        if self._inflight is None or self._inflight[0] is not write:
+        inflight = self._inflight
+        if inflight is None or inflight.write is not write:
             return
-        _, ops, then = self._inflight
         error = write.error
         if error is None or isinstance(error, AlreadyExists):
             # AlreadyExists: a resent write whose first incarnation did commit.
             self._inflight = None
-            for callback in then:
+            hub = self.services.hub
+            for event in inflight.events:
+                hub.publish(event)
+            for callback in inflight.then:
                 callback(write.value)
             self._flush()
             return
         if isinstance(error, _RETRYABLE):
-            retry = self._new_write(ops)
-            self._inflight = (retry, ops, then)
-            self._after(0.005, _Redispatch(retry))
+            inflight.write = self._new_write(inflight.ops)
+            self._after(0.005, _Redispatch(inflight.write))
             return
         log.error("run %s: journal write failed: %s", self.run_id, error)
         raise error  # crash: the supervisor fails the run with this reason

@@ -59,7 +59,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             last_run_ulid TEXT,
             archived_at_unix_ms INTEGER,
             title_generation_state TEXT NOT NULL DEFAULT 'idle',
-            manual_title_locked INTEGER NOT NULL DEFAULT 0
+            manual_title_locked INTEGER NOT NULL DEFAULT 0,
+            approvals_reset_at_unix_ms INTEGER
         );
         CREATE INDEX orchestrator_sessions_label ON orchestrator_sessions(session_label);
         CREATE INDEX orchestrator_sessions_identity

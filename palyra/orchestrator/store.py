@@ -43,15 +43,18 @@ def insert_session(s: Session) -> Op:
     return op
 
 
-def update_session(s: Session, *, label_changed: bool) -> Op:
+def update_session(s: Session, *, label_changed: bool, reset: bool = False) -> Op:
+    """``reset`` forgets the session's cached approval decisions, durably."""
+
     def op(txn: Txn) -> None:
         txn.conn.execute(
             "UPDATE orchestrator_sessions SET session_label = ?, updated_at_unix_ms = ?,"
             " last_run_ulid = ?, manual_title_locked = manual_title_locked OR ?,"
-            " title_generation_state = CASE WHEN ? THEN 'manual_locked' ELSE title_generation_state END"
+            " title_generation_state = CASE WHEN ? THEN 'manual_locked' ELSE title_generation_state END,"
+            " approvals_reset_at_unix_ms = CASE WHEN ? THEN ? ELSE approvals_reset_at_unix_ms END"
             " WHERE session_ulid = ?",
             (s.session_label, s.updated_at_unix_ms, s.last_run_id, int(label_changed),
-             int(label_changed), s.session_id),
+             int(label_changed), int(reset), s.updated_at_unix_ms, s.session_id),
         )
 
     return op
@@ -59,12 +62,13 @@ def update_session(s: Session, *, label_changed: bool) -> Op:
 
 def archive_session(session_id: str, new_key: str, now_ms: int) -> Op:
     def op(txn: Txn) -> bool:
-        cur = txn.conn.execute(
+        txn.conn.execute(
             "UPDATE orchestrator_sessions SET archived_at_unix_ms = ?, last_run_ulid = NULL,"
-            " session_key = ?, updated_at_unix_ms = ? WHERE session_ulid = ? AND archived_at_unix_ms IS NULL",
-            (now_ms, new_key, now_ms, session_id),
+            " session_key = ?, updated_at_unix_ms = ?, approvals_reset_at_unix_ms = ?"
+            " WHERE session_ulid = ? AND archived_at_unix_ms IS NULL",
+            (now_ms, new_key, now_ms, now_ms, session_id),
         )
-        return txn.conn.changes() > 0 if cur is not None else False
+        return txn.conn.changes() > 0
 
     return op
 
@@ -466,12 +470,17 @@ class Queries:
         return [_approval(r) for r in rows]
 
     def cached_decisions(self, now_ms: int) -> list[Approval]:
-        """Decisions that outlive their run: scope session (or timeboxed, unexpired)."""
+        """Decisions that outlive their run: scope session (or timeboxed, unexpired),
+        minus those a session reset or archive has since forgotten."""
+        cols = ", ".join(f"a.{c.strip()}" for c in _APPROVAL_COLS.split(","))
         rows = self.conn.execute(
-            f"SELECT {_APPROVAL_COLS} FROM approvals WHERE decision IN ('allow', 'deny')"
-            " AND decision_scope IN ('session', 'timeboxed')"
-            " AND (decision_scope_ttl_ms IS NULL OR resolved_at_unix_ms + decision_scope_ttl_ms > ?)"
-            " ORDER BY resolved_at_unix_ms",
+            f"SELECT {cols} FROM approvals a JOIN orchestrator_sessions s"
+            " ON s.session_ulid = a.session_ulid"
+            " WHERE a.decision IN ('allow', 'deny') AND a.decision_scope IN ('session', 'timeboxed')"
+            " AND (a.decision_scope_ttl_ms IS NULL OR a.resolved_at_unix_ms + a.decision_scope_ttl_ms > ?)"
+            " AND s.archived_at_unix_ms IS NULL"
+            " AND a.resolved_at_unix_ms > coalesce(s.approvals_reset_at_unix_ms, -1)"
+            " ORDER BY a.resolved_at_unix_ms",
             (now_ms,),
         ).fetchall()
         return [_approval(r) for r in rows]

@@ -304,10 +304,30 @@ def _policy_ids(text: str, declared: dict[str, frozenset[str]]) -> dict[str, str
     return ids
 
 
+_DECISION_CACHE_SIZE = 4096
+_CONTEXT_WORD = re.compile(r"\bcontext\b")
+_CONTEXT_READ = re.compile(
+    r"\bcontext\s*(?:\.\s*([A-Za-z_]\w*)|has\s+([A-Za-z_]\w*)|\[\s*\"([^\"]+)\"\s*\])"
+)
+
+
+def _context_keys_read(policy_text: str) -> tuple[str, ...] | None:
+    """The context attributes the policies read, or None if that cannot be told
+    (``context`` used as a whole somewhere). Comments are stripped first."""
+    text = re.sub(r"//[^\n]*", "", policy_text)
+    reads = _CONTEXT_READ.findall(text)
+    if len(reads) != len(_CONTEXT_WORD.findall(text)):
+        return None
+    return tuple(sorted({next(g for g in groups if g) for groups in reads}))
+
+
 class PolicyEngine:
     """Pre-parsed Cedar handles for one :class:`PolicyConfig`. Immutable, thread-safe."""
 
-    __slots__ = ("_config", "_entities", "_policy_ids", "_policy_set", "_policy_text")
+    __slots__ = (
+        "_config", "_context_keys", "_decisions", "_entities", "_policy_ids", "_policy_set",
+        "_policy_text",
+    )
 
     def __init__(
         self,
@@ -322,6 +342,8 @@ class PolicyEngine:
         self._policy_set = policy_set
         self._entities = entities
         self._policy_ids = policy_ids
+        self._context_keys = _context_keys_read(policy_text)
+        self._decisions: dict[tuple[Any, ...], PolicyDecision] = {}
 
     @classmethod
     def build(cls, config: PolicyConfig | None = None) -> PolicyEngine:
@@ -371,12 +393,34 @@ class PolicyEngine:
         return tuple(self._policy_ids.values())
 
     def evaluate(self, request: PolicyRequest) -> PolicyDecision:
-        """Decide one request. Never raises: anything unexpected is a safe deny."""
+        """Decide one request. Never raises: anything unexpected is a safe deny.
+
+        Decisions are memoised per engine. The key holds principal, action, resource and
+        exactly the context attributes some policy reads (found statically in the policy
+        text), so a run or session id that no policy looks at does not defeat the cache;
+        if the policies use ``context`` in any other way, nothing is cached.
+        """
         try:
             prepared = self._prepare(request)
         except InvalidInput as exc:
             return PolicyDecision(False, FAILED_SAFELY_PREFIX + exc.message)
-        return self._decide(prepared)
+        if self._context_keys is None:
+            return self._decide(prepared)
+        context = prepared.context
+        cedar = prepared.cedar_request
+        key = (
+            cedar["principal"]["id"], cedar["action"]["id"], str(cedar["resource"]),
+            *(orjson.dumps(context.get(k)) for k in self._context_keys),
+        )
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(prepared)
+            if decision.diagnostics_errors or decision.reason.startswith(FAILED_SAFELY_PREFIX):
+                return decision  # never remember a failure
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     def explain(self, request: PolicyRequest) -> dict[str, Any]:
         """Decision plus the flags, context and entities behind it (for the explain API)."""

@@ -65,6 +65,7 @@ ECHO = ToolDefinition(
     handler=_echo,
     parallel_safe=True,
     blocking=False,
+    side_effects=False,
 )
 
 SLEEP = ToolDefinition(
@@ -79,6 +80,7 @@ SLEEP = ToolDefinition(
     max_input_bytes=8 * KIB,
     handler=_sleep,
     parallel_safe=True,
+    side_effects=False,
 )
 
 MEMORY_SEARCH = ToolDefinition(
@@ -96,6 +98,7 @@ MEMORY_SEARCH = ToolDefinition(
     max_input_bytes=64 * KIB,
     handler=_memory_search,
     parallel_safe=True,
+    side_effects=False,
 )
 
 

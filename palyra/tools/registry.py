@@ -100,6 +100,10 @@ class ToolDefinition:
     # False for pure in-memory tools that return at once: the runtime may call them
     # inline instead of on a worker thread (no timeout can be missed).
     blocking: bool = True
+    # True unless running the tool twice is harmless (read-only, idempotent). The run
+    # makes a side-effecting call's proposal and decision durable before executing it,
+    # so crash recovery can tell it was (maybe) in flight and never re-runs it blindly.
+    side_effects: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):

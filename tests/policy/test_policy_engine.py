@@ -457,14 +457,13 @@ def test_runtime_evaluation_error_denies_with_diagnostics_reason() -> None:
     assert decision.reason.startswith("policy diagnostics reported errors: ")
 
 
-def test_engine_exception_fails_safely(
-    echo_engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_engine_exception_fails_safely(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("engine exploded")
 
+    fresh = PolicyEngine.build(PolicyConfig(allowed_tools={"palyra.echo"}))  # nothing memoised
     monkeypatch.setattr(engine_module.cedarpy, "is_authorized", boom)
-    decision = echo_engine.evaluate(tool_req())
+    decision = fresh.evaluate(tool_req())
     assert not decision.allowed
     assert decision.reason == "policy evaluation failed safely: RuntimeError: engine exploded"
 
@@ -583,3 +582,18 @@ def _engine_for(tools, principals, channels) -> PolicyEngine:
             )
         )
     return _ENGINES[key]
+
+
+def test_memoised_decisions_ignore_context_no_policy_reads() -> None:
+    engine = PolicyEngine.build(PolicyConfig(allowed_tools={"palyra.echo"}))
+    first = engine.evaluate(tool_req(run_id="01J0000000000000000000RUN1"))
+    second = engine.evaluate(tool_req(run_id="01J0000000000000000000RUN2"))
+    assert first is second  # run_id is read by no policy: one cached decision
+
+
+def test_memoisation_keys_on_context_a_policy_reads() -> None:
+    extra = '@id("forbid_run_x") forbid (principal, action, resource) when {\n'
+    extra += '  context has run_id && context.run_id == "01J0000000000000000000RUNX" };'
+    engine = PolicyEngine.build(PolicyConfig(allowed_tools={"palyra.echo"}, extra_policies=extra))
+    assert engine.evaluate(tool_req(run_id="01J0000000000000000000RUN1")).allowed
+    assert not engine.evaluate(tool_req(run_id="01J0000000000000000000RUNX")).allowed

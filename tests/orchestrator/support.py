@@ -1,0 +1,104 @@
+"""Helpers for the orchestrator tests: bounded polling and tape queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import palyra
+from palyra.records import Approval, RunEvent, TapeEvent
+
+T = TypeVar("T")
+
+# The config of the brief: echo needs approval, sleep is allowed without asking.
+TOOLS = {
+    "tools": {
+        "allowed": ["palyra.echo", "palyra.sleep"],
+        "sensitive": ["palyra.echo"],
+        "posture": {"palyra.sleep": "always_allow"},
+    },
+    "runs": {"approval_timeout_ms": 300, "tool_timeout_ms": 750, "max_tool_calls": 4},
+}
+
+
+def until(predicate: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.005,
+          what: str = "condition") -> T:
+    """Poll ``predicate`` with short waits until it is truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: wait() is a bounded pause
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        pause.wait(interval)
+
+
+def pending_approval(rt: palyra.Runtime, run_id: str) -> Approval:
+    [approval] = until(lambda: rt.approvals.pending(run_id), what=f"an approval for {run_id}")
+    return approval
+
+
+def steps(rt: palyra.Runtime, run_id: str, event_type: str) -> list[TapeEvent]:
+    return [e for e in rt.tape(run_id) if e.event_type == event_type]
+
+
+def step(rt: palyra.Runtime, run_id: str, event_type: str) -> TapeEvent:
+    [event] = steps(rt, run_id, event_type)
+    return event
+
+
+def tool_text(name: str, args: str) -> str:
+    return f"please\n@tool {name} {args}"
+
+
+class HoldAfterPublish:
+    """Pause the publishing thread right after ``run_id`` publishes tape step ``seq``.
+
+    Installed over ``rt.services.hub.publish``; lets a test put a subscriber exactly
+    between the moment a step is announced and the moment it is flushed to the tape.
+    """
+
+    def __init__(self, hub: Any, run_id: str, seq: int) -> None:
+        self._publish = hub.publish
+        self.run_id, self.seq = run_id, seq
+        self.published = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, event: RunEvent) -> None:
+        self._publish(event)
+        if event.run_id == self.run_id and event.seq == self.seq:
+            self.published.set()
+            self.release.wait(5)
+
+
+class Recorder:
+    """Every event the hub publishes for one run, subscribed before the run is sent.
+
+    Lets a test wait for a step the run has announced (e.g. the provider call or a tool
+    is under way) without depending on when that step is flushed to the tape.
+    """
+
+    def __init__(self, rt: palyra.Runtime, run_id: str) -> None:
+        self.run_id = run_id
+        self.events: list[RunEvent] = []
+        self._changed = threading.Condition()
+        rt.services.hub.subscribe(run_id, self)
+
+    def __call__(self, event: RunEvent) -> bool:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+        return True
+
+    def wait_for(self, event_type: str, *, timeout: float = 5.0) -> RunEvent:
+        def found() -> list[RunEvent]:
+            return [e for e in self.events if e.event_type == event_type]
+
+        with self._changed:
+            if not self._changed.wait_for(found, timeout):
+                raise AssertionError(f"{self.run_id} announced no {event_type} within {timeout}s")
+            return found()[0]
