@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from palyra.errors import Conflict, InvalidInput
-from palyra.governance.pricing import micros_to_usd, usd_to_micros
+from palyra.governance.pricing import micros_to_usd_exact, usd_to_micros
 
 __all__ = [
     "ACTIONS",
@@ -48,9 +48,11 @@ __all__ = [
     "OK",
     "OUTCOMES",
     "OVERRIDE_APPLIED",
+    "REASON_CODES",
     "ROUTING_MODES",
     "SCOPE_KINDS",
     "SOFT_LIMIT",
+    "ZERO",
     "Amount",
     "BudgetDecision",
     "BudgetEvaluation",
@@ -204,7 +206,7 @@ class BudgetPolicy:
     def _wire_limit(self, value: int | None) -> int | float | None:
         if value is None or self.metric_kind == "total_tokens":
             return value
-        return micros_to_usd(value)
+        return micros_to_usd_exact(value)
 
     def to_record(self) -> dict[str, Any]:
         """The wire form (``UsageBudgetPolicyRecord``)."""
@@ -545,7 +547,12 @@ class _Settled:
 
 
 def _scope_from_event(event: Mapping[str, Any]) -> UsageScope:
-    return UsageScope(event["principal"], event.get("session_id"), event.get("agent_id"))
+    scope = UsageScope(event["principal"], event.get("session_id"), event.get("agent_id"))
+    if not isinstance(scope.principal, str) or not all(
+        v is None or isinstance(v, str) for v in (scope.session_id, scope.agent_id)
+    ):
+        raise TypeError("scope fields must be strings")
+    return scope
 
 
 class Ledger:
@@ -717,46 +724,51 @@ class Ledger:
         return events
 
     def apply(self, event: Mapping[str, Any]) -> bool:
-        """Apply one journalled event; duplicates and stale events are ignored (False)."""
+        """Apply one journalled event; duplicates and stale events are ignored (False).
+
+        A malformed event raises :class:`InvalidInput` and leaves the ledger unchanged.
+        """
         kind = event.get("type")
-        rid = event.get("reservation_id")
-        if not isinstance(rid, str):
-            raise InvalidInput("ledger event needs a reservation_id", details={"event": kind})
-        at = event["at_unix_ms"]
+        if kind not in ("reserved", "settled", "released"):
+            raise InvalidInput(f"unknown ledger event type {kind!r}", details={"event": kind})
+        try:
+            rid = event["reservation_id"]
+            at = event["at_unix_ms"]
+            if not isinstance(rid, str) or isinstance(at, bool) or not isinstance(at, int):
+                raise TypeError
+            if kind != "released":
+                scope = _scope_from_event(event)
+                amount = Amount(event["tokens"], event["cost_micro_usd"]).checked(kind)
+        except (KeyError, TypeError, InvalidInput) as exc:
+            raise InvalidInput(
+                f"malformed {kind} ledger event", details={"event": kind, "error": str(exc)}
+            ) from None
+        if rid in self._closed:
+            return False
         if kind == "reserved":
-            if rid in self._reservations or rid in self._closed:
+            if rid in self._reservations:
                 return False
-            scope = _scope_from_event(event)
-            amount = Amount(event["tokens"], event["cost_micro_usd"])
-            self._reservations[rid] = Reservation(
-                rid, scope, amount, tuple(event.get("policy_ids", ())), at
-            )
+            policy_ids = tuple(event.get("policy_ids", ()))
+            self._reservations[rid] = Reservation(rid, scope, amount, policy_ids, at)
             for key in scope.scope_keys():
                 self._reserved[key] = self._reserved.get(key, ZERO) + amount
             return True
-        if kind in ("settled", "released"):
-            if rid in self._closed:
-                return False
-            reservation = self._reservations.pop(rid, None)
-            if reservation is not None:
-                for key in reservation.scope.scope_keys():
-                    left = self._reserved.get(key, ZERO) - reservation.amount
-                    if left == ZERO:
-                        self._reserved.pop(key, None)
-                    else:
-                        self._reserved[key] = left
-            if kind == "settled":
-                # Settled events carry their scope, so they count even when the matching
-                # reserved event is no longer in the journal (compacted).
-                scope = _scope_from_event(event)
-                self._record(
-                    _Settled(at, rid, scope, Amount(event["tokens"], event["cost_micro_usd"]))
-                )
-            elif reservation is None:
-                return False
-            self._closed[rid] = at
-            return True
-        raise InvalidInput(f"unknown ledger event type {kind!r}", details={"event": kind})
+        reservation = self._reservations.pop(rid, None)
+        if reservation is None and kind == "released":
+            return False
+        if reservation is not None:
+            for key in reservation.scope.scope_keys():
+                left = self._reserved.get(key, ZERO) - reservation.amount
+                if left == ZERO:
+                    self._reserved.pop(key, None)
+                else:
+                    self._reserved[key] = left
+        if kind == "settled":
+            # Settled events carry their scope, so they count even when the matching
+            # reserved event is no longer in the journal (compacted).
+            self._record(_Settled(at, rid, scope, amount))
+        self._closed[rid] = at
+        return True
 
     def _record(self, settled: _Settled) -> None:
         self._settled.append(settled)

@@ -458,6 +458,7 @@ def plan_usage_routing(
                 reasons.append(R_AUX_COST_CAP)
                 lines.append("auxiliary tasks may not cost more than the default model")
             pool = capped or [default]
+        pooled_default = next((c for c in pool if c.key == default.key), None)
         if task_class in LOW_COST_TASK_CLASSES:
             recommended = min(pool, key=cheapest)
             reasons.append(R_LOW_COST)
@@ -492,8 +493,10 @@ def plan_usage_routing(
             recommended = min(pool, key=cheapest)
             reasons.append(R_LOW_COMPLEXITY)
             lines.append("low complexity: the cheapest model is enough")
-        elif default in pool and lease_rank(default) == min(map(lease_rank, pool)):
-            recommended = default
+        elif pooled_default is not None and lease_rank(pooled_default) == min(
+            map(lease_rank, pool)
+        ):
+            recommended = pooled_default
             reasons.append(R_DEFAULT)
             lines.append("moderate complexity: keeping the default model")
         else:
