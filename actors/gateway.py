@@ -20,14 +20,14 @@ from typing import Any
 
 import pykka
 
-from actors.journal import JOURNAL, Write
+from actors.journal import Write
 from actors.run import ApprovalDecided, Begin, Cancel, RunActor, RunSpec, run_actor_name
+from actors.writing import AsyncJournalWrites
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
     IdentityMismatch,
     InvalidInput,
-    JournalError,
     NotFound,
     PalyraError,
     PayloadTooLarge,
@@ -114,16 +114,6 @@ class ArchiveSession(Request):
         self.selector, self.identity = selector, identity
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Committed:
-    write: Write
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Redispatch:
-    write: Write
-
-
 class RecoverRuns:
     """Look for runs whose actor is gone: relaunch ``accepted`` ones, fail the rest.
     Sent by the gateway to itself at start and by the runs supervisor at every start."""
@@ -148,14 +138,13 @@ class _PendingLookup:
         return self.q.session_by_label(label, identity)
 
 
-class GatewayActor(Supervised):
+class GatewayActor(AsyncJournalWrites, Supervised):
     def init(self) -> None:
         svc = self.services
         self.clock = svc.clock
         self.conn = connect(svc.state_dir, svc.config.journal)
         self.q = store.Queries(self.conn)
         self.runs = Address(svc.names, RUNS, retry_for=10.0, timeout=10.0)
-        self._continuations: dict[int, tuple[Write, Callable[[Write], None]]] = {}
         self._pending_sessions: dict[str, Session] = {}  # by key, until committed
         self._pending_runs: dict[str, tuple[str, list[StartRun]]] = {}
         cache = svc.approval_cache
@@ -175,11 +164,8 @@ class GatewayActor(Supervised):
             conn.close()
 
     def on_receive(self, message: Any) -> Any:
-        kind = type(message)
-        if kind is _Committed:
-            return self._on_committed(message.write)
-        if kind is _Redispatch:
-            return self._dispatch(message.write)
+        if self.on_write_message(message):
+            return None
         handler = {
             StartRun: self._start_run,
             CancelRun: self._cancel_run,
@@ -187,58 +173,10 @@ class GatewayActor(Supervised):
             ResolveSessionRequest: self._resolve_session,
             ArchiveSession: self._archive_session,
             RecoverRuns: self._recover,
-        }.get(kind)
+        }.get(type(message))
         if handler is None:
             return super().on_receive(message)
         return handler(message)
-
-    # -- the journal, without blocking ---------------------------------------------------
-
-    def _write(self, ops: list[Any], then: Callable[[Write], None]) -> None:
-        write = Write(tuple(ops))
-        ref = self.actor_ref
-
-        def committed(w: Write) -> None:
-            try:
-                ref.tell(_Committed(w))
-            except pykka.ActorDeadError:
-                pass
-
-        write.on_done = committed
-        self._continuations[id(write)] = (write, then)
-        self._dispatch(write)
-
-    def _dispatch(self, write: Write) -> None:
-        journal = self.services.names.get(JOURNAL)
-        if journal is not None:
-            try:
-                journal.tell(write)
-                return
-            except pykka.ActorDeadError:
-                pass
-        self._retry_later(write)
-
-    def _retry_later(self, write: Write) -> None:
-        ref = self.actor_ref
-
-        def redispatch() -> None:
-            try:
-                ref.tell(_Redispatch(write))
-            except pykka.ActorDeadError:
-                pass
-
-        self.services.timers.call_later(0.005, redispatch)
-
-    def _on_committed(self, write: Write) -> None:
-        entry = self._continuations.get(id(write))
-        if entry is None or entry[0] is not write:
-            return
-        if isinstance(write.error, pykka.ActorDeadError | ActorUnavailable | JournalError):
-            write.rearm()  # never handled (or the batch failed as a whole): send again
-            self._retry_later(write)
-            return
-        del self._continuations[id(write)]
-        entry[1](write)
 
     # -- admission ------------------------------------------------------------------------
 
@@ -316,7 +254,7 @@ class GatewayActor(Supervised):
             self._pending_sessions[session.session_key] = session
         self._pending_runs[run.run_id] = (fingerprint, [req])
         spec = RunSpec(run.run_id, session, req.text, 2, history)
-        self._write(ops, lambda write: self._admitted(write, spec, resolution.created))
+        self.write_async(ops, lambda write: self._admitted(write, spec, resolution.created))
         return None
 
     def _session_ops(self, resolution: Resolution, session: Session) -> list[Any]:
@@ -410,7 +348,7 @@ class GatewayActor(Supervised):
             if then is not None:
                 then(write)
 
-        self._write([op], done)
+        self.write_async([op], done)
 
     def _recover(self, _: RecoverRuns) -> None:
         """Runs left behind by a previous incarnation or process."""
@@ -448,7 +386,7 @@ class GatewayActor(Supervised):
                 return
             except pykka.ActorDeadError:
                 pass
-        self._write([store.set_cancel_requested(run.run_id, reason, self.clock.now_ms())], lambda w: None)
+        self.write_async([store.set_cancel_requested(run.run_id, reason, self.clock.now_ms())], lambda w: None)
         self._fail_unstarted(
             run.run_id, run.session_id, f"cancelled by request: {reason}", state=CANCELLED,
             then=lambda w: req.reply({"run_id": run.run_id, "cancel_requested": True, "state": CANCELLED}),
@@ -491,7 +429,7 @@ class GatewayActor(Supervised):
                     pass
             req.reply(decided)
 
-        self._write([op], done)
+        self.write_async([op], done)
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -515,7 +453,7 @@ class GatewayActor(Supervised):
             else:
                 req.reply(resolution)
 
-        self._write(ops, done)
+        self.write_async(ops, done)
 
     def _archive_session(self, req: ArchiveSession) -> None:
         try:
@@ -547,5 +485,5 @@ class GatewayActor(Supervised):
                 req.reply({"session_id": session.session_id, "cleaned": True,
                            "previous_session_key": session.session_key, "run_count": runs})
 
-        self._write([store.archive_session(session.session_id, archived_key(session.session_id, now), now)],
+        self.write_async([store.archive_session(session.session_id, archived_key(session.session_id, now), now)],
                     done)

@@ -151,6 +151,80 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         + _append_only("orchestrator_tape")
         + _append_only("run_lifecycle_events"),
     ),
+    (
+        3,
+        "usage_governance",
+        """
+        ALTER TABLE orchestrator_runs ADD COLUMN estimated_cost_micro_usd INTEGER;
+
+        CREATE TABLE usage_pricing_catalog (
+            pricing_id TEXT PRIMARY KEY,
+            provider_id TEXT NOT NULL,
+            provider_kind TEXT NOT NULL,
+            model_id TEXT NOT NULL,
+            effective_from_unix_ms INTEGER NOT NULL,
+            effective_to_unix_ms INTEGER,
+            input_cost_per_million_micro_usd INTEGER,
+            output_cost_per_million_micro_usd INTEGER,
+            fixed_request_cost_micro_usd INTEGER,
+            source TEXT NOT NULL,
+            precision TEXT NOT NULL,
+            currency TEXT NOT NULL DEFAULT 'USD',
+            updated_at_unix_ms INTEGER NOT NULL
+        );
+
+        CREATE TABLE usage_budget_policies (
+            policy_id TEXT PRIMARY KEY,
+            policy_json TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            created_by_principal TEXT,
+            updated_by_principal TEXT,
+            created_at_unix_ms INTEGER NOT NULL,
+            updated_at_unix_ms INTEGER NOT NULL
+        );
+
+        CREATE TABLE usage_routing_decisions (
+            decision_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            record_json TEXT NOT NULL,
+            actual_model_id TEXT NOT NULL,
+            budget_outcome TEXT NOT NULL,
+            created_at_unix_ms INTEGER NOT NULL
+        );
+        CREATE INDEX usage_routing_decisions_run ON usage_routing_decisions(run_id);
+        CREATE INDEX usage_routing_decisions_time ON usage_routing_decisions(created_at_unix_ms);
+
+        CREATE TABLE budget_ledger_events (
+            seq INTEGER PRIMARY KEY,
+            reservation_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            event_json TEXT NOT NULL,
+            created_at_unix_ms INTEGER NOT NULL
+        );
+        CREATE INDEX budget_ledger_events_reservation ON budget_ledger_events(reservation_id);
+
+        CREATE TABLE usage_alerts (
+            alert_id TEXT PRIMARY KEY,
+            alert_kind TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            scope_kind TEXT,
+            scope_id TEXT,
+            summary TEXT NOT NULL,
+            reason TEXT,
+            recommended_action TEXT,
+            source TEXT NOT NULL,
+            dedupe_key TEXT NOT NULL UNIQUE,
+            occurrence_count INTEGER NOT NULL DEFAULT 1,
+            payload_json TEXT NOT NULL,
+            first_observed_at_unix_ms INTEGER NOT NULL,
+            last_observed_at_unix_ms INTEGER NOT NULL,
+            acknowledged_at_unix_ms INTEGER,
+            resolved_at_unix_ms INTEGER
+        );
+        """
+        + _append_only("budget_ledger_events"),
+    ),
 ]
 
 

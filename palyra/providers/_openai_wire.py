@@ -72,6 +72,8 @@ def build_chat_body(request: ProviderRequest, model: str) -> dict[str, Any]:
         ]
     if request.json_mode:
         body["response_format"] = {"type": "json_object"}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
     if request.stream:
         body["stream_options"] = {"include_usage": True}
     return body

@@ -89,6 +89,9 @@ class ProviderRequest:
     model_override: str | None = None
     json_mode: bool = False
     stream: bool = False
+    # The most completion tokens the caller will pay for: budgets reserve prompt +
+    # max_tokens, so a provider that honours it can never overspend a reservation.
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):

@@ -260,6 +260,10 @@ class DeterministicProvider:
         else:
             text = self._answer_text(request, script, tool_results, messages)
             finish = FinishReason.STOP
+            limit = request.max_tokens
+            if limit is not None and estimate_tokens(text) > max(1, limit):
+                text = "".join(split_tokens(text)[: max(1, limit)]).rstrip()
+                finish = FinishReason.LENGTH
 
         for token in split_tokens(text) if on_token is not None else ():
             if cancel is not None and cancel.is_set():

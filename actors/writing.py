@@ -1,0 +1,97 @@
+"""Journal writes for actors that must never block on the journal.
+
+A write goes out by tell; its commit comes back as a message to the actor, which then
+runs the continuation. While the journal is restarting, writes are re-sent on a short
+timer instead of waiting: the actor keeps answering probes and other callers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actors.journal import JOURNAL, Write
+from palyra.errors import ActorUnavailable, JournalError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Committed:
+    write: Write
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redispatch:
+    write: Write
+
+
+RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
+
+
+class AsyncJournalWrites:
+    """Mixin for Supervised actors. Call :meth:`write_async` and route ``Committed`` /
+    ``Redispatch`` messages to :meth:`on_write_message` from ``on_receive``."""
+
+    services: Any
+    actor_ref: Any
+    _continuations: dict[int, tuple[Write, Callable[[Write], None]]]
+
+    def write_async(self, ops: list[Any], then: Callable[[Write], None]) -> None:
+        if not hasattr(self, "_continuations"):
+            self._continuations = {}
+        write = Write(tuple(ops))
+        ref = self.actor_ref
+
+        def committed(w: Write) -> None:
+            try:
+                ref.tell(Committed(w))
+            except pykka.ActorDeadError:
+                pass
+
+        write.on_done = committed
+        self._continuations[id(write)] = (write, then)
+        self._dispatch(write)
+
+    def on_write_message(self, message: Any) -> bool:
+        """Handle the pipeline's own messages; False if ``message`` is something else."""
+        if type(message) is Committed:
+            self._committed(message.write)
+            return True
+        if type(message) is Redispatch:
+            self._dispatch(message.write)
+            return True
+        return False
+
+    def _dispatch(self, write: Write) -> None:
+        journal = self.services.names.get(JOURNAL)
+        if journal is not None:
+            try:
+                journal.tell(write)
+                return
+            except pykka.ActorDeadError:
+                pass
+        self._retry_later(write)
+
+    def _retry_later(self, write: Write) -> None:
+        ref = self.actor_ref
+
+        def redispatch() -> None:
+            try:
+                ref.tell(Redispatch(write))
+            except pykka.ActorDeadError:
+                pass
+
+        self.services.timers.call_later(0.005, redispatch)
+
+    def _committed(self, write: Write) -> None:
+        entry = self._continuations.get(id(write))
+        if entry is None or entry[0] is not write:
+            return
+        if isinstance(write.error, RETRYABLE):
+            write.rearm()  # never handled (or the batch failed as a whole): send again
+            self._retry_later(write)
+            return
+        del self._continuations[id(write)]
+        entry[1](write)
