@@ -20,6 +20,7 @@ from typing import Any
 
 import pykka
 
+from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, ReleaseRun, tell_budget
 from actors.journal import Write
 from actors.run import ApprovalDecided, Begin, Cancel, RunActor, RunSpec, run_actor_name
 from actors.writing import AsyncJournalWrites
@@ -345,6 +346,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             if write.error is None and write.value is not None:
                 seq, payload = write.value
                 hub.publish(RunEvent(run_id, "status", payload, seq))
+            tell_budget(self.services, ReleaseRun(run_id))
             if then is not None:
                 then(write)
 
@@ -421,6 +423,8 @@ class GatewayActor(AsyncJournalWrites, Supervised):
                 decision_scope_ttl_ms=req.ttl_ms, resolved_at_unix_ms=now,
             )
             self.services.approval_cache.remember(decided)
+            if approval.subject_id.startswith(OVERRIDE_SUBJECT):
+                tell_budget(self.services, OverrideDecided(decided))
             ref = self.services.names.get(run_actor_name(approval.run_id))
             if ref is not None:
                 try:

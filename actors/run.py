@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pykka
 
+from actors.budget import BUDGET, Release, RequestOverride, Reserve, Settle, tell_budget
 from actors.journal import JOURNAL, Write
 from palyra.errors import (
     ActorUnavailable,
@@ -31,6 +32,8 @@ from palyra.errors import (
     JournalError,
     PalyraError,
 )
+from palyra.governance import Amount, UsageScope
+from palyra.governance import store as gstore
 from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
 from palyra.orchestrator import loop, store
@@ -41,7 +44,7 @@ from palyra.orchestrator.approvals import (
     request_summary,
 )
 from palyra.orchestrator.state import ACCEPTED, CANCELLED, DONE, FAILED, IN_PROGRESS, transition
-from palyra.providers import Message, ProviderCancelled, ProviderRequest, ToolSpec
+from palyra.providers import Message, ProviderCancelled, ProviderRequest, ToolSpec, estimate_tokens
 from palyra.providers import ToolCall as ModelToolCall
 from palyra.records import Approval, RunEvent, Session, Usage
 from palyra.redaction import redact_message
@@ -112,6 +115,23 @@ class _Timeout:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _Reserved:
+    request: Reserve
+    routing: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OverrideRequested:
+    request: RequestOverride
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Resend:
+    name: str
+    message: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Flushed:
     write: Write
 
@@ -169,6 +189,11 @@ class RunActor(Supervised):
         self.current: _Proposal | None = None
         self.tool_exec_cancel: threading.Event | None = None
         self.loop_started = False
+        self.scope = UsageScope(spec.session.principal, spec.session.session_id)
+        self.completion_cap = svc.config.governance.max_completion_tokens
+        self.reservation: str | None = None
+        self.budget_approval_id: str | None = None
+        self.cost_micro_usd = 0
         self.model_id: str | None = None
         self.provider_id: str | None = None
         self._pending: list[Any] = []  # TapeDrafts and ops not yet sent
@@ -208,6 +233,9 @@ class RunActor(Supervised):
             _Timeout: self._on_timeout,
             Cancel: self._on_cancel,
             ApprovalDecided: self._on_approval_decided,
+            _Reserved: self._on_reserved,
+            _OverrideRequested: self._on_override_requested,
+            _Resend: lambda m: self._send_to(m.name, m.message),
         }.get(type(message))
         if handler is None:
             return super().on_receive(message)
@@ -251,11 +279,151 @@ class RunActor(Supervised):
             return self._finish(FAILED, loop.MAX_TURNS, error="model turn limit reached")
         self.turn += 1
         self._tape("agent_loop.turn_started", {"turn": self.turn})
+        self._govern()
+
+    # -- usage governance -------------------------------------------------------------------
+
+    def _govern(self) -> None:
+        """Route the call and, when a budget policy applies, reserve its worst case first."""
+        view = self.services.governance.view
+        now = self.clock.now_ms()
+        routing = view.route(self._last_user_text(), now_ms=now, health=self._provider_health())
+        policies = view.applicable(self.scope) if view.enabled else ()
+        if not policies:
+            return self._routed(routing, None)
+        prompt_tokens = sum(estimate_tokens(m.content) for m in self.messages)
+        projected = view.projected(routing.actual, prompt_tokens, self.completion_cap, now)
+        request = Reserve(f"{self.run_id}:{self.turn}", self.scope, projected)
+        ref = self.actor_ref
+        request.on_done = lambda r: _tell(ref, _Reserved(r, routing))
+        self.waiting = "budget"
+        self._send_to(BUDGET, request)
+
+    def _on_reserved(self, msg: _Reserved) -> None:
+        if self.waiting != "budget":
+            return
+        request = msg.request
+        if request.error is not None:
+            if isinstance(request.error, _RETRYABLE):
+                request.rearm()  # the budget actor restarted with it queued: ask again
+                return self._send_to(BUDGET, request)
+            return self._finish(FAILED, "budget_error", error=f"budget check failed: {request.error}")
+        decision = request.value
+        view = self.services.governance.view
+        if decision.granted:
+            self.reservation = request.reservation_id
+            routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
+                                 health=self._provider_health(), budget=decision.evaluation)
+            return self._routed(routing, decision)
+        payload = {"reservation_id": request.reservation_id, **decision.evaluation.to_dict()}
+        self._tape("budget.outcome", payload)
+        blocking = [e.policy_id for e in decision.evaluation.evaluations
+                    if e.outcome in ("blocked", "approval_required")]
+        if decision.outcome == "approval_required":
+            return self._request_budget_override(blocking[0])
+        self._finish(FAILED, "budget_blocked",
+                     error=f"usage budget hard limit blocked the requested run (policy {', '.join(blocking)})")
+
+    def _request_budget_override(self, policy_id: str) -> None:
+        request = RequestOverride(policy_id, f"run {self.run_id} needs it", self.session.principal,
+                                  self.run_id, self.session.session_id)
+        ref = self.actor_ref
+        request.on_done = lambda r: _tell(ref, _OverrideRequested(r))
+        self.waiting = "budget_override"
+        self._send_to(BUDGET, request)
+
+    def _on_override_requested(self, msg: _OverrideRequested) -> None:
+        if self.waiting != "budget_override":
+            return
+        if msg.request.error is not None:
+            return self._finish(FAILED, "budget_blocked",
+                                error=f"usage budget override required but could not be requested: "
+                                      f"{msg.request.error}")
+        approval = msg.request.value
+        if approval.decision == "allow":
+            return self._govern()
+        self.budget_approval_id = approval.approval_id
+        self._tape("budget.override_requested", {"approval_id": approval.approval_id,
+                                                 "subject_id": approval.subject_id})
+        self.token += 1
+        self._arm_wall_clock()
+        self._after(self.limits.approval_timeout_ms / 1000, _Timeout("budget_override", self.token))
+        self._flush()
+
+    def _routed(self, routing: Any, decision: Any) -> None:
+        now = self.clock.now_ms()
+        record = routing.to_record(run_id=self.run_id, session_id=self.session.session_id,
+                                   principal=self.session.principal, created_at_unix_ms=now)
+        self._op(gstore.insert_routing_decision(record))
+        self._tape("usage.routing_decision", {
+            "decision_id": record["decision_id"], "mode": routing.mode,
+            "default_model_id": routing.default_model_id,
+            "recommended_model_id": routing.recommended_model_id,
+            "actual_model_id": routing.actual_model_id, "routing_action": routing.routing_action,
+            "budget_outcome": routing.budget_outcome, "reason_codes": list(routing.reason_codes),
+        })
+        if decision is not None and decision.outcome != "ok":
+            self._tape("budget.outcome", {"reservation_id": self.reservation,
+                                          **decision.evaluation.to_dict()})
+        override = routing.actual_model_id if routing.actual_model_id != routing.default_model_id else None
+        self._call_provider(override)
+
+    def _last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+    def _provider_health(self) -> dict[str, str]:
+        provider = self.services.provider
+        circuit = provider.status_snapshot().get("circuit", {}) if hasattr(provider, "status_snapshot") else {}
+        return {provider.provider_id: "degraded" if circuit.get("state") == "open" else "ok"}
+
+    def _settle(self, response: Any) -> None:
+        """Count what the call really used; release what the reservation held beyond it."""
+        view = self.services.governance.view
+        now = self.clock.now_ms()
+        usage = response.usage
+        kind = getattr(self.services.provider, "kind", "unknown")
+        cost = view.actual_cost(response.model_id, kind, response.provider_id, usage.prompt_tokens,
+                                usage.completion_tokens, now)
+        self.cost_micro_usd += cost
+        self._op(gstore.set_run_cost(self.run_id, cost))
+        if self.reservation is None:
+            return
+        actual = Amount(usage.total_tokens, cost)
+        self._op(gstore.append_ledger_events([{
+            "type": "settled", "reservation_id": self.reservation, **self.scope.to_dict(),
+            "tokens": actual.tokens, "cost_micro_usd": actual.cost_micro_usd, "at_unix_ms": now,
+        }], now))
+        tell_budget(self.services, Settle(self.reservation, actual, now))
+        self.reservation = None
+
+    def _release_reservation(self) -> None:
+        if self.reservation is not None:
+            tell_budget(self.services, Release(self.reservation))
+            self.reservation = None
+
+    def _send_to(self, name: str, message: Any) -> None:
+        ref = self.services.names.get(name)
+        if ref is not None:
+            try:
+                ref.tell(message)
+                return
+            except pykka.ActorDeadError:
+                pass
+        self._after(0.005, _Resend(name, message))
+
+    # -- the provider call ---------------------------------------------------------------------
+
+    def _call_provider(self, model_override: str | None) -> None:
         catalog = self.services.tools.catalog()
         request = ProviderRequest(
             stream=True,  # tokens fan out live; providers that cannot stream ignore it
             messages=tuple(self.messages),
             tools=tuple(ToolSpec(t["name"], t["description"], t["input_schema"]) for t in catalog.tools),
+            model_override=model_override,
+            max_tokens=self.completion_cap,
         )
         self.token += 1
         token, ref, cancel = self.token, self.actor_ref, self.cancel_event
@@ -283,6 +451,7 @@ class RunActor(Supervised):
             return
         self.waiting = None
         if msg.error is not None:
+            self._release_reservation()
             if isinstance(msg.error, ProviderCancelled):
                 return  # a cancel is already being handled
             text = msg.error.message if isinstance(msg.error, PalyraError) else repr(msg.error)
@@ -291,6 +460,7 @@ class RunActor(Supervised):
                                 terminated=True)
         response = msg.response
         self.usage = self.usage.plus(response.usage.prompt_tokens, response.usage.completion_tokens)
+        self._settle(response)
         self.model_id, self.provider_id = response.model_id, response.provider_id
         if response.text:
             self._tape("model_token", {"token": response.text, "is_final": True})
@@ -404,6 +574,15 @@ class RunActor(Supervised):
         self._durable(lambda _: None)
 
     def _on_approval_decided(self, msg: ApprovalDecided) -> None:
+        if self.waiting == "budget_override" and msg.approval_id == self.budget_approval_id:
+            self.waiting = None
+            self.token += 1
+            self._tape("budget.override_decided", {"approval_id": msg.approval_id,
+                                                   "approved": msg.approved, "reason": msg.reason})
+            if msg.approved:
+                return self._govern()
+            return self._finish(FAILED, "budget_blocked",
+                                error="usage budget override was denied by an operator")
         proposal = self.current
         if self.waiting != "approval" or proposal is None or proposal.approval_id != msg.approval_id:
             return
@@ -560,6 +739,11 @@ class RunActor(Supervised):
             return self._next_tool()
         if msg.kind == "approval" and self.waiting == "approval":
             return self._approval_timed_out()
+        if msg.kind == "budget_override" and self.waiting == "budget_override":
+            seconds = self.limits.approval_timeout_ms / 1000
+            return self._finish(FAILED, "budget_blocked",
+                                error=f"usage budget override approval required; none was granted "
+                                      f"within {seconds:g}s")
 
     def _on_cancel(self, msg: Cancel) -> None:
         self.cancel_event.set()
@@ -595,6 +779,7 @@ class RunActor(Supervised):
         self.cancel_event.set()
         for handle in self._timers:
             handle.cancel()
+        self._release_reservation()
         now = self.clock.now_ms()
         if self.loop_started and not terminated:
             self._tape("agent_loop.terminated", {"reason": reason})
@@ -609,6 +794,7 @@ class RunActor(Supervised):
             "reply_text": reply,
             "last_error": error,
             "usage": dataclasses.asdict(self.usage),
+            "estimated_cost_micro_usd": self.cost_micro_usd,
         }
         self._tape("status", payload)
         self._durable(lambda _: self.stop())  # the terminal event is out once durable

@@ -12,6 +12,7 @@ from typing import Any
 
 import pykka
 
+from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, RecoverRuns
 from actors.journal import JOURNAL, Write
 from palyra.orchestrator import store
@@ -63,6 +64,7 @@ def fail_run(services: Any, run_id: str, session_id: str, reason: str) -> bool:
         if result is not None:
             seq, payload = result
             services.hub.publish(RunEvent(run_id, "status", payload, seq))
+        tell_budget(services, ReleaseRun(run_id))
         return True
     log.error("giving up failing run %s; gateway recovery will find it", run_id)
     return False

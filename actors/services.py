@@ -21,5 +21,6 @@ class RuntimeServices(Services):
     provider: Any = None  # palyra.providers.ModelProvider
     tools: Any = None  # palyra.tools.ToolRegistry
     policy: Any = None  # actors.policy.PolicyHolder
+    governance: Any = None  # actors.budget.GovernanceHolder
     approval_cache: ApprovalCache = dataclasses.field(default_factory=ApprovalCache)
     heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # run_id -> monotonic

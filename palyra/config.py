@@ -72,6 +72,23 @@ class ToolsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GovernanceConfig:
+    """Usage governance: budgets (in the database, managed through the API), routing."""
+
+    enabled: bool = True
+    routing_mode: str = "suggest"  # suggest | dry_run | enforced
+    max_completion_tokens: int = 1024  # reserved per provider call, passed as max_tokens
+    models: tuple[dict[str, Any], ...] = ()  # extra routing candidates (ModelCandidate fields)
+
+    def __post_init__(self) -> None:
+        if self.routing_mode.replace("-", "_") not in ("suggest", "dry_run", "enforced"):
+            raise ValueError("governance.routing_mode must be suggest, dry_run or enforced")
+        if self.max_completion_tokens <= 0:
+            raise ValueError("governance.max_completion_tokens must be positive")
+        object.__setattr__(self, "models", tuple(dict(m) for m in self.models))
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "deterministic"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -82,6 +99,7 @@ _SECTIONS: dict[str, type] = {
     "supervision": SupervisionConfig,
     "runs": RunsConfig,
     "tools": ToolsConfig,
+    "governance": GovernanceConfig,
 }
 
 
@@ -91,6 +109,7 @@ class Config:
     supervision: SupervisionConfig = SupervisionConfig()
     runs: RunsConfig = RunsConfig()
     tools: ToolsConfig = ToolsConfig()
+    governance: GovernanceConfig = GovernanceConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

@@ -18,6 +18,15 @@ from typing import Any
 
 import pykka
 
+from actors.budget import (
+    BUDGET,
+    BudgetActor,
+    GovernanceHolder,
+    PutPolicy,
+    PutPricing,
+    RequestOverride,
+    initial_view,
+)
 from actors.gateway import (
     GATEWAY,
     Admission,
@@ -37,6 +46,9 @@ from actors.workers import WorkerPool
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.config import Config
 from palyra.errors import NotFound, RuntimeStopped
+from palyra.governance import BudgetPolicy, PricingRecord, UsageScope
+from palyra.governance.store import GovernanceQueries
+from palyra.governance.usage import alerts, model_mix, summarize, tool_mix, usage_query
 from palyra.handles import RunHandle
 from palyra.ids import new_ulid
 from palyra.journal.store import (
@@ -99,6 +111,7 @@ def build_tree(config: Config) -> ChildSpec:
     # rebuilt from the journal), so a gateway restart has no reason to stop every run.
     core = [
         ChildSpec(name=POLICY, actor=PolicyActor, **child),
+        ChildSpec(name=BUDGET, actor=BudgetActor, **child),
         ChildSpec(name=GATEWAY, actor=GatewayActor, **child),
         supervisor_spec("runs", [], actor=RunsSupervisor, max_restarts=sup.max_restarts,
                         max_seconds=sup.max_seconds),
@@ -137,10 +150,14 @@ class Runtime:
         svc.policy = PolicyHolder(
             PolicyEngine.build(policy_config(config.tools, svc.tools.sensitive_tool_names()))
         )
+        svc.governance = GovernanceHolder(initial_view(svc))
         self._readers = threading.local()
         self._all_readers: list[Reader] = []
         self.approvals = Approvals(self)
         self.sessions = Sessions(self)
+        self.budgets = Budgets(self)
+        self.pricing = Pricing(self)
+        self.usage = Usage(self)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -421,6 +438,94 @@ class Sessions:
                 channel: str | None = None) -> dict[str, Any]:
         selector = SessionSelector(session_id, session_key)
         return self._rt._request(GATEWAY, ArchiveSession(selector, Identity(principal, device_id, channel)))
+
+
+class Budgets:
+    """``rt.budgets``: budget policies (plain mappings with the record's field names, or
+    ``BudgetPolicy``), their evaluation and override requests."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def put(self, policy: Any, *, principal: str = "user:local") -> BudgetPolicy:
+        return self._rt._request(BUDGET, PutPolicy(policy, principal))
+
+    def list(self) -> list[BudgetPolicy]:
+        return list(self._rt.services.governance.view.policies)
+
+    def get(self, policy_id: str) -> BudgetPolicy:
+        for policy in self.list():
+            if policy.policy_id == policy_id:
+                return policy
+        raise NotFound(f"budget policy {policy_id} not found", details={"policy_id": policy_id})
+
+    def evaluate(self, scope: UsageScope | dict[str, Any] | None = None) -> dict[str, Any]:
+        if scope is None:
+            scope = UsageScope("user:local")
+        elif isinstance(scope, dict):
+            scope = UsageScope(**scope)
+        return Address(self._rt.services.names, BUDGET).call("evaluate", scope)
+
+    def consumed(self, policy_id: str) -> dict[str, int]:
+        return Address(self._rt.services.names, BUDGET).call("consumed", policy_id)
+
+    def reserved(self) -> dict[str, Any]:
+        return Address(self._rt.services.names, BUDGET).call("reserved")
+
+    def request_override(self, policy_id: str, reason: str | None = None, *,
+                         principal: str = "user:local") -> Approval:
+        """Idempotent while one is pending; decide it with ``rt.approvals.decide``."""
+        return self._rt._request(BUDGET, RequestOverride(policy_id, reason, principal))
+
+
+class Pricing:
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def put(self, record: Any) -> PricingRecord:
+        return self._rt._request(BUDGET, PutPricing(record))
+
+    def list(self) -> list[PricingRecord]:
+        return list(self._rt.services.governance.view.pricing)
+
+
+class Usage:
+    """``rt.usage``: aggregations of section 3.5 over the runs in a window."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def _window(self, start: int | None, end: int | None, bucket: str = "auto") -> Any:
+        return usage_query(start, end, bucket, now_ms=self._rt.clock.now_ms())
+
+    def _gq(self) -> GovernanceQueries:
+        return GovernanceQueries(self._rt._queries().conn)
+
+    def summary(self, start: int | None = None, end: int | None = None, bucket: str = "auto") -> dict[str, Any]:
+        q = self._window(start, end, bucket)
+        records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
+        return summarize(records, q.start_at_unix_ms, q.end_at_unix_ms, q.bucket)
+
+    def model_mix(self, start: int | None = None, end: int | None = None) -> list[dict[str, Any]]:
+        q = self._window(start, end)
+        view = self._rt.services.governance.view
+        return model_mix(self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms), view.default.model_id,
+                         view.default.provider_kind)
+
+    def tool_mix(self, start: int | None = None, end: int | None = None) -> list[dict[str, Any]]:
+        q = self._window(start, end)
+        return tool_mix(self._gq().tool_proposals(q.start_at_unix_ms, q.end_at_unix_ms))
+
+    def routing_decisions(self, *, run_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._gq().routing_decisions(run_id=run_id, limit=limit)
+
+    def alerts(self, start: int | None = None, end: int | None = None) -> list[dict[str, Any]]:
+        """Current alert candidates (cost spike, model mix, provider health, budgets)."""
+        q = self._window(start, end)
+        records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
+        provider = self._rt.services.provider
+        health = {provider.provider_id: provider.status_snapshot().get("health", "ok")}
+        return [a.to_dict() for a in alerts(records, health=health)]
 
 
 class AsyncRuntime:

@@ -102,3 +102,6 @@ class Recorder:
             if not self._changed.wait_for(found, timeout):
                 raise AssertionError(f"{self.run_id} announced no {event_type} within {timeout}s")
             return found()[0]
+
+# Rows on the tape of a plain deterministic echo run (see test_golden_tape.py).
+TAPE_ROWS = 12

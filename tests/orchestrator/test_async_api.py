@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from palyra.ids import new_ulid
-from tests.orchestrator.support import HoldAfterPublish, Recorder, pending_approval
+from tests.orchestrator.support import TAPE_ROWS, HoldAfterPublish, Recorder, pending_approval
 
 INPUT = "alpha beta gamma"
 
@@ -104,4 +104,4 @@ async def test_aevents_subscriber_joining_between_publish_and_commit_sees_every_
         hold.release.set()
     with trio.fail_after(10):
         seqs = [first.seq] + [e.seq async for e in events if e.seq is not None]
-    assert seqs == list(range(11))
+    assert seqs == list(range(TAPE_ROWS))

@@ -6,6 +6,7 @@ import pytest
 
 import palyra
 from palyra.ids import new_ulid
+from tests.orchestrator.support import TAPE_ROWS
 
 LIMITS = {"runs": {"max_input_bytes": 64}}
 
@@ -177,7 +178,7 @@ def test_tape_page_honours_limit_and_next_after_seq(rt):
         assert page["next_after_seq"] == page["events"][-1].seq
         seen += page["events"]
         after = page["next_after_seq"]
-    assert [e.seq for e in seen] == [e.seq for e in full] == list(range(11))
+    assert [e.seq for e in seen] == [e.seq for e in full] == list(range(TAPE_ROWS))
     assert seen == full
 
 
