@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from typing import Any
 
+import orjson
 import pykka
 
 from actors.journal import JournalClient
@@ -143,6 +144,14 @@ class ReleaseRun:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OverrideResolved:
+    """To each run waiting on a budget override approval."""
+
+    approval_id: str
+    approved: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class OverrideDecided:
     approval: Approval
 
@@ -179,25 +188,37 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         self.clock = svc.clock
         self.conn = connect(svc.state_dir, svc.config.journal)
         q = gstore.GovernanceQueries(self.conn)
-        pricing = q.pricing()
+        self.conn.execute("BEGIN")  # one snapshot: ledger events and run states agree
+        try:
+            events = q.ledger_events()
+            finished = {r[0] for r in self.conn.execute(
+                "SELECT run_ulid FROM orchestrator_runs WHERE state IN ('done', 'failed', 'cancelled')")}
+            policies = q.policies()
+            approvals = store.Queries(self.conn).approvals(limit=500)
+            pricing = q.pricing()
+        finally:
+            self.conn.execute("COMMIT")
         if not pricing:
             # Seeding is part of start-up; block on it once (the journal starts first).
             journal: JournalClient = svc.journal
             journal.write(gstore.upsert_pricing(SEED_PRICING, self.clock.now_ms()))
             pricing = list(SEED_PRICING)
         self.pricing = {p.pricing_id: p for p in pricing}
-        self.policies = {p.policy_id: p for p in q.policies()}
-        self.ledger = Ledger.rebuild(q.ledger_events())
+        self.policies = {p.policy_id: p for p in policies}
+        self.ledger = Ledger.rebuild(events)
         self.overrides: dict[str, Override] = {}
+        self.override_waiters: dict[str, set[str]] = {}  # policy_id -> runs waiting on it
+        self.override_inflight: dict[str, list[RequestOverride]] = {}
         # allow_once overrides belong to the first run that uses them (all its turns).
         self.once: dict[str, str | None] = {}  # policy_id -> run id that used it
         self.pending_overrides: dict[str, str] = {}  # policy_id -> approval_id
-        for approval in store.Queries(self.conn).approvals(limit=500):
+        for approval in approvals:
             self._learn_override(approval)
-        self._release_dead_reservations()
+        self._release_dead_reservations(finished)
         self._publish()
 
     def terminate(self) -> None:
+        self.fail_waiting_callers()  # e.g. reservations: the run asks again (idempotent)
         conn = getattr(self, "conn", None)
         if conn is not None:
             self.conn = None
@@ -225,18 +246,16 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         if approval.decision_scope == "once":
             self.once[policy_id] = None
 
-    def _release_dead_reservations(self) -> None:
-        """Reservations held by runs that are already terminal (their release was lost)."""
-        q = store.Queries(self.conn)
-        stale = []
+    def _release_dead_reservations(self, finished: set[str]) -> None:
+        """Reservations of runs that ended without settling them (read in the same
+        snapshot as the ledger, so a settle committed meanwhile cannot be mistaken)."""
+        now = self.clock.now_ms()
         for rid in list(self.ledger.reservations):
-            state = q.run_state(rid.split(":", 1)[0])
-            if state is None or state in ("done", "failed", "cancelled"):
-                self.ledger.release(rid, self.clock.now_ms())
-                stale.append(rid)
+            if rid.split(":", 1)[0] in finished:
+                self.ledger.release(rid, now)
         events = self.ledger.drain_events()
         if events:
-            self.write_async([gstore.append_ledger_events(events, self.clock.now_ms())], lambda w: None)
+            self.write_async([gstore.append_ledger_events(events, now)], lambda w: None)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -283,7 +302,8 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             return
         # Answer only once the reservation is durable: a restart must find it.
         self.write_async([gstore.append_ledger_events(events, now)],
-                         lambda w: req.reply(decision) if w.error is None else req.fail(w.error))
+                         lambda w: req.reply(decision) if w.error is None else req.fail(w.error),
+                         caller=req)
 
     def _settle(self, msg: Settle) -> None:
         # The run writes the ``settled`` event in its own durable step; mirror it here.
@@ -296,15 +316,34 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             self.write_async([gstore.append_ledger_events(events, self.clock.now_ms())], lambda w: None)
 
     def _release_run(self, msg: ReleaseRun) -> None:
+        """The run is over: settle what it settled (its own write may have reached the
+        journal while a Settle message to us was lost), release the rest."""
         now = self.clock.now_ms()
-        for rid in [r for r in self.ledger.reservations if r.startswith(f"{msg.run_id}:")]:
-            self.ledger.release(rid, now)
-        events = self.ledger.drain_events()
+        live = [r for r in self.ledger.reservations if r.startswith(f"{msg.run_id}:")]
+        for rid in live:
+            row = self.conn.execute(
+                "SELECT event_json FROM budget_ledger_events WHERE reservation_id = ?"
+                " AND event_type = 'settled' LIMIT 1", (rid,)).fetchone()
+            if row is not None:
+                self.ledger.apply(orjson.loads(row[0]))
+            else:
+                self.ledger.release(rid, now)
+        events = [e for e in self.ledger.drain_events() if e["type"] == "released"]
         if events:
             self.write_async([gstore.append_ledger_events(events, now)], lambda w: None)
 
     def _override_decided(self, msg: OverrideDecided) -> None:
-        self._learn_override(msg.approval)
+        approval = msg.approval
+        self._learn_override(approval)
+        policy_id = approval.subject_id[len(OVERRIDE_SUBJECT):]
+        for run_id in self.override_waiters.pop(policy_id, set()):
+            ref = self.services.names.get(f"run:{run_id}")
+            if ref is None:
+                continue
+            try:
+                ref.tell(OverrideResolved(approval.approval_id, approval.decision == "allow"))
+            except pykka.ActorDeadError:
+                pass
 
     def _put_policy(self, req: PutPolicy) -> None:
         try:
@@ -361,6 +400,12 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         if policy is None:
             req.fail(NotFound(f"budget policy {req.policy_id} not found", details={"policy_id": req.policy_id}))
             return
+        if req.run_id:
+            self.override_waiters.setdefault(policy.policy_id, set()).add(req.run_id)
+        inflight = self.override_inflight.get(policy.policy_id)
+        if inflight is not None:
+            inflight.append(req)  # one approval for concurrent requesters
+            return
         q = store.Queries(self.conn)
         pending = self.pending_overrides.get(policy.policy_id)
         if pending is not None:
@@ -368,9 +413,8 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             if approval is not None and approval.decision is None:
                 req.reply(approval)  # idempotent while one is pending
                 return
-        active = self.overrides.get(policy.policy_id)
-        if active is not None and active.active(self.clock.now_ms()):
-            approval = q.approval(active.approval_id)
+        if any(o.policy_id == policy.policy_id for o in self._active_overrides(req.run_id)):
+            approval = q.approval(self.overrides[policy.policy_id].approval_id)
             if approval is not None:
                 req.reply(approval)
                 return
@@ -378,7 +422,9 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         summary = f"Budget override requested for policy {policy.policy_id}"
         if req.reason:
             summary += f": {req.reason[:256]}"
-        prompt = approval_prompt("usage.budget_override", {"policy": policy.to_record()}, 60)
+        timeout_ms = self.services.config.runs.approval_timeout_ms
+        prompt = approval_prompt("usage.budget_override", {"policy": policy.to_record()},
+                                 -(-timeout_ms // 1000))
         prompt["title"] = f"Approve budget override for {policy.policy_id}"
         prompt["options"] = [{"id": "allow_once", "scope": "once", "default": True},
                              {"id": "deny_once", "scope": "once"}]
@@ -391,15 +437,19 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         )
         snapshot = {"policy_id": "usage_budget_policy.v1", "engine": "usage-governance-v1",
                     "policy": policy.to_record()}
+        self.override_inflight[policy.policy_id] = [req]
 
         def done(write: Any) -> None:
-            if write.error is not None:
-                req.fail(write.error)
-                return
-            self.pending_overrides[policy.policy_id] = approval.approval_id
-            req.reply(approval)
+            waiting = self.override_inflight.pop(policy.policy_id, [])
+            for request in waiting:
+                if write.error is not None:
+                    request.fail(write.error)
+                else:
+                    request.reply(approval)
+            if write.error is None:
+                self.pending_overrides[policy.policy_id] = approval.approval_id
 
-        self.write_async([store.insert_approval(approval, snapshot)], done)
+        self.write_async([store.insert_approval(approval, snapshot)], done, caller=req)
 
     # -- reads for the embedding API --------------------------------------------------------
 

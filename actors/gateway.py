@@ -27,6 +27,7 @@ from actors.writing import AsyncJournalWrites
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
+    Conflict,
     IdentityMismatch,
     InvalidInput,
     NotFound,
@@ -46,7 +47,7 @@ from palyra.orchestrator.sessions import (
 )
 from palyra.orchestrator.state import ACCEPTED, CANCELLED, FAILED, IN_PROGRESS, TERMINAL
 from palyra.providers import Message
-from palyra.records import Identity, RunEvent, Session
+from palyra.records import Approval, Identity, RunEvent, Session
 from supervisors.names import Address
 from supervisors.request import Request
 from supervisors.spec import ChildSpec
@@ -159,6 +160,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         for _, waiters in getattr(self, "_pending_runs", {}).values():
             for request in waiters:
                 request.fail(pykka.ActorDeadError("gateway stopped during admission"))
+        self.fail_waiting_callers()
         conn = getattr(self, "conn", None)
         if conn is not None:
             self.conn = None
@@ -276,7 +278,16 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         session = spec.session
         if created and self._pending_sessions.get(session.session_key) is session:
             del self._pending_sessions[session.session_key]
-        _, waiters = self._pending_runs.pop(spec.run_id, ("", []))
+        fingerprint, waiters = self._pending_runs.pop(spec.run_id, ("", []))
+        if write.error is not None and self.q.run_request_hash(spec.run_id) == fingerprint:
+            # A resent admission whose first write did commit (spec 1.2: a duplicate
+            # insert during a retry is success): start the run if nobody did.
+            self._launch_existing(spec.run_id)
+            run = self.q.run(spec.run_id)
+            admission = Admission(spec.run_id, session.session_id, False, run.state if run else ACCEPTED)
+            for request in waiters:
+                request.reply(admission)
+            return
         if write.error is not None:
             error = write.error
             if not isinstance(error, PalyraError):
@@ -357,6 +368,10 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         names = self.services.names
         for run in self.q.runs(states=[ACCEPTED, IN_PROGRESS], limit=10_000):
             if names.get(run_actor_name(run.run_id)) is not None:
+                # A decision committed by a previous incarnation may never have reached
+                # the run: tell it again (a run ignores decisions it is not waiting for).
+                for approval in self.q.approvals(pending=False, run_id=run.run_id):
+                    self._apply_decision(approval)
                 continue
             if run.state == ACCEPTED:
                 self._launch_existing(run.run_id)
@@ -409,6 +424,17 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             req.fail(exc)
             return
         decision = "allow" if req.allow else "deny"
+        if approval.decision is not None:
+            if approval.decision == decision and approval.decision_scope == req.scope:
+                # The same decision again (a retry after a lost answer): apply, don't fail.
+                self._apply_decision(approval)
+                req.reply(approval)
+            else:
+                req.fail(Conflict(f"approval {approval.approval_id} was already decided "
+                                  f"({approval.decision})",
+                                  details={"approval_id": approval.approval_id,
+                                           "decision": approval.decision}))
+            return
         reason = (req.reason or ("approved_by_operator" if req.allow else "denied_by_operator"))[:512]
         now = self.clock.now_ms()
         op = store.resolve_approval(approval.approval_id, decision, scope=req.scope, reason=reason,
@@ -422,18 +448,26 @@ class GatewayActor(AsyncJournalWrites, Supervised):
                 approval, decision=decision, decision_scope=req.scope, decision_reason=reason,
                 decision_scope_ttl_ms=req.ttl_ms, resolved_at_unix_ms=now,
             )
-            self.services.approval_cache.remember(decided)
-            if approval.subject_id.startswith(OVERRIDE_SUBJECT):
-                tell_budget(self.services, OverrideDecided(decided))
-            ref = self.services.names.get(run_actor_name(approval.run_id))
-            if ref is not None:
-                try:
-                    ref.tell(ApprovalDecided(approval.approval_id, req.allow, req.scope, reason, req.ttl_ms))
-                except pykka.ActorDeadError:
-                    pass
+            self._apply_decision(decided)
             req.reply(decided)
 
-        self.write_async([op], done)
+        self.write_async([op], done, caller=req)
+
+    def _apply_decision(self, decided: Approval) -> None:
+        """Tell everyone who acts on a recorded decision (idempotent on their side)."""
+        if decided.decision not in ("allow", "deny"):
+            return
+        self.services.approval_cache.remember(decided)
+        if decided.subject_id.startswith(OVERRIDE_SUBJECT):
+            tell_budget(self.services, OverrideDecided(decided))
+        ref = self.services.names.get(run_actor_name(decided.run_id))
+        if ref is not None:
+            try:
+                ref.tell(ApprovalDecided(decided.approval_id, decided.decision == "allow",
+                                         decided.decision_scope or "once",
+                                         decided.decision_reason or "", decided.decision_scope_ttl_ms))
+            except pykka.ActorDeadError:
+                pass
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -457,7 +491,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             else:
                 req.reply(resolution)
 
-        self.write_async(ops, done)
+        self.write_async(ops, done, caller=req)
 
     def _archive_session(self, req: ArchiveSession) -> None:
         try:

@@ -41,11 +41,12 @@ JOURNAL = "journal"
 class Write(Request):
     """One caller's operations, applied atomically; replied to after the commit."""
 
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "caller")
 
     def __init__(self, ops: tuple[Operation, ...]) -> None:
         super().__init__()
         self.ops = ops
+        self.caller: Any = None  # a Request answered by whoever acts on this commit
 
 
 def _is_write(envelope: Envelope[Any]) -> bool:

@@ -24,7 +24,16 @@ from typing import Any
 import orjson
 import pykka
 
-from actors.budget import BUDGET, Release, RequestOverride, Reserve, Settle, tell_budget
+from actors.budget import (
+    BUDGET,
+    OverrideResolved,
+    Release,
+    ReleaseRun,
+    RequestOverride,
+    Reserve,
+    Settle,
+    tell_budget,
+)
 from actors.journal import JOURNAL, Write
 from palyra.errors import (
     ActorUnavailable,
@@ -193,6 +202,8 @@ class RunActor(Supervised):
         self.completion_cap = svc.config.governance.max_completion_tokens
         self.reservation: str | None = None
         self.budget_approval_id: str | None = None
+        self.override_retries = 0
+        self.reserved_any = False
         self.cost_micro_usd = 0
         self.model_id: str | None = None
         self.provider_id: str | None = None
@@ -234,6 +245,7 @@ class RunActor(Supervised):
             Cancel: self._on_cancel,
             ApprovalDecided: self._on_approval_decided,
             _Reserved: self._on_reserved,
+            OverrideResolved: self._on_override_resolved,
             _OverrideRequested: self._on_override_requested,
             _Resend: lambda m: self._send_to(m.name, m.message),
         }.get(type(message))
@@ -297,6 +309,8 @@ class RunActor(Supervised):
         ref = self.actor_ref
         request.on_done = lambda r: _tell(ref, _Reserved(r, routing))
         self.waiting = "budget"
+        self.reserved_any = True
+        self._arm_wall_clock()
         self._send_to(BUDGET, request)
 
     def _on_reserved(self, msg: _Reserved) -> None:
@@ -315,6 +329,9 @@ class RunActor(Supervised):
             routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
                                  health=self._provider_health(), budget=decision.evaluation)
             return self._routed(routing, decision)
+        routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
+                             health=self._provider_health(), budget=decision.evaluation)
+        self._record_routing(routing)  # spec 3.3 step 10: persisted before failing
         payload = {"reservation_id": request.reservation_id, **decision.evaluation.to_dict()}
         self._tape("budget.outcome", payload)
         blocking = [e.policy_id for e in decision.evaluation.evaluations
@@ -341,6 +358,11 @@ class RunActor(Supervised):
                                       f"{msg.request.error}")
         approval = msg.request.value
         if approval.decision == "allow":
+            self.override_retries += 1
+            if self.override_retries > 1:
+                return self._finish(FAILED, "budget_blocked",
+                                    error="usage budget hard limit blocked the run; its override "
+                                          "is already spent")
             return self._govern()
         self.budget_approval_id = approval.approval_id
         self._tape("budget.override_requested", {"approval_id": approval.approval_id,
@@ -350,11 +372,15 @@ class RunActor(Supervised):
         self._after(self.limits.approval_timeout_ms / 1000, _Timeout("budget_override", self.token))
         self._flush()
 
-    def _routed(self, routing: Any, decision: Any) -> None:
-        now = self.clock.now_ms()
+    def _record_routing(self, routing: Any) -> dict[str, Any]:
         record = routing.to_record(run_id=self.run_id, session_id=self.session.session_id,
-                                   principal=self.session.principal, created_at_unix_ms=now)
+                                   principal=self.session.principal,
+                                   created_at_unix_ms=self.clock.now_ms())
         self._op(gstore.insert_routing_decision(record))
+        return record
+
+    def _routed(self, routing: Any, decision: Any) -> None:
+        record = self._record_routing(routing)
         self._tape("usage.routing_decision", {
             "decision_id": record["decision_id"], "mode": routing.mode,
             "default_model_id": routing.default_model_id,
@@ -573,6 +599,10 @@ class RunActor(Supervised):
         self._after(timeout_ms / 1000, _Timeout("approval", self.token))
         self._durable(lambda _: None)
 
+    def _on_override_resolved(self, msg: OverrideResolved) -> None:
+        self._on_approval_decided(ApprovalDecided(msg.approval_id, msg.approved, "once",
+                                                  "budget override decided", None))
+
     def _on_approval_decided(self, msg: ApprovalDecided) -> None:
         if self.waiting == "budget_override" and msg.approval_id == self.budget_approval_id:
             self.waiting = None
@@ -604,18 +634,28 @@ class RunActor(Supervised):
         reason = f"approval timed out after {seconds:g}s"
         now = self.clock.now_ms()
 
-        def record_timeout(txn: Txn) -> bool:
+        def record_timeout(txn: Txn) -> bool | str:
             try:
                 store.resolve_approval(approval_id, "timeout", scope="once", reason=reason,
                                        ttl_ms=None, now_ms=now)(txn)
             except PalyraError:
-                return False  # decided meanwhile: that decision's message is on its way
+                row = txn.conn.execute(
+                    "SELECT decision FROM approvals WHERE approval_ulid = ?", (approval_id,)
+                ).fetchone()
+                return row[0] if row else "error"  # decided meanwhile: that decision
             return True
 
-        def then(recorded: bool) -> None:
-            if not recorded:
-                self.waiting = "approval"
-                return
+        def then(recorded: bool | str) -> None:
+            if recorded is not True:
+                # Someone decided first; act on the stored decision rather than wait for a
+                # message that may have been lost with a restarting gateway.
+                self.waiting = None
+                approved = recorded == "allow"
+                self._tape("tool_approval_response", {
+                    "proposal_id": proposal.proposal_id, "approval_id": approval_id,
+                    "approved": approved, "reason": f"decided ({recorded}) before the timeout",
+                })
+                return self._decide(proposal, approved)
             self.waiting = None
             self._tape("tool_approval_response", {
                 "proposal_id": proposal.proposal_id, "approval_id": approval_id, "approved": False,
@@ -741,6 +781,17 @@ class RunActor(Supervised):
             return self._approval_timed_out()
         if msg.kind == "budget_override" and self.waiting == "budget_override":
             seconds = self.limits.approval_timeout_ms / 1000
+            approval_id, now = self.budget_approval_id, self.clock.now_ms()
+
+            def expire(txn: Txn) -> None:
+                try:
+                    store.resolve_approval(approval_id, "timeout", scope="once",
+                                           reason=f"no decision within {seconds:g}s", ttl_ms=None,
+                                           now_ms=now)(txn)
+                except PalyraError:
+                    pass  # decided meanwhile
+
+            self._op(expire)
             return self._finish(FAILED, "budget_blocked",
                                 error=f"usage budget override approval required; none was granted "
                                       f"within {seconds:g}s")
@@ -779,7 +830,7 @@ class RunActor(Supervised):
         self.cancel_event.set()
         for handle in self._timers:
             handle.cancel()
-        self._release_reservation()
+        self.reservation = None  # the budget actor settles or releases it from the journal
         now = self.clock.now_ms()
         if self.loop_started and not terminated:
             self._tape("agent_loop.terminated", {"reason": reason})
@@ -797,7 +848,13 @@ class RunActor(Supervised):
             "estimated_cost_micro_usd": self.cost_micro_usd,
         }
         self._tape("status", payload)
-        self._durable(lambda _: self.stop())  # the terminal event is out once durable
+
+        def done(_: Any) -> None:
+            if self.reserved_any:  # settled and released for good, now that it is durable
+                tell_budget(self.services, ReleaseRun(self.run_id))
+            self.stop()
+
+        self._durable(done)  # the terminal event is out once durable
 
     # -- journal pipeline ---------------------------------------------------------------------
 

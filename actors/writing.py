@@ -37,10 +37,15 @@ class AsyncJournalWrites:
     services: Any
     actor_ref: Any
     _continuations: dict[int, tuple[Write, Callable[[Write], None]]]
+    _callers: dict[int, Any]
 
-    def write_async(self, ops: list[Any], then: Callable[[Write], None]) -> None:
+    def write_async(self, ops: list[Any], then: Callable[[Write], None], *,
+                    caller: Any = None) -> None:
+        """``caller`` (a Request waiting on this write) is failed as never handled if
+        this incarnation stops first, so it is re-sent to the next one."""
         if not hasattr(self, "_continuations"):
             self._continuations = {}
+            self._callers = {}
         write = Write(tuple(ops))
         ref = self.actor_ref
 
@@ -51,8 +56,18 @@ class AsyncJournalWrites:
                 pass
 
         write.on_done = committed
+        write.caller = caller
         self._continuations[id(write)] = (write, then)
+        if caller is not None:
+            self._callers[id(write)] = caller
         self._dispatch(write)
+
+    def fail_waiting_callers(self) -> None:
+        """Call from ``terminate``: requests whose write outcome this incarnation will
+        never act on. Their retry must be idempotent (the write may have committed)."""
+        for caller in getattr(self, "_callers", {}).values():
+            caller.fail(pykka.ActorDeadError("actor stopped before finishing the request"))
+        self._callers = {}
 
     def on_write_message(self, message: Any) -> bool:
         """Handle the pipeline's own messages; False if ``message`` is something else."""
@@ -88,10 +103,15 @@ class AsyncJournalWrites:
     def _committed(self, write: Write) -> None:
         entry = self._continuations.get(id(write))
         if entry is None or entry[0] is not write:
+            # Started by an incarnation that is gone (this commit was handed over to us):
+            # its continuation is lost, so let the waiting caller retry idempotently.
+            if write.caller is not None:
+                write.caller.fail(pykka.ActorDeadError("the incarnation that wrote this is gone"))
             return
         if isinstance(write.error, RETRYABLE):
             write.rearm()  # never handled (or the batch failed as a whole): send again
             self._retry_later(write)
             return
         del self._continuations[id(write)]
+        self._callers.pop(id(write), None)
         entry[1](write)

@@ -1,21 +1,36 @@
-"""``palyrad``: run the Palyra runtime as a daemon over one state directory."""
+"""``palyrad``: run the Palyra runtime as a daemon over one state directory, serving HTTP.
+
+    palyrad --state-dir DIR [--config palyra.toml] [--http 127.0.0.1:7142] [--allow-remote-bind]
+
+The runtime starts first (a second daemon on the same state directory fails here, exit
+1, with the holder's pid), then hypercorn serves the HTTP surface on trio in this
+process. SIGINT/SIGTERM shut down gracefully (exit 0); the runtime is stopped in a
+``finally`` whatever happens, since its non-daemon actor threads would otherwise keep
+the process alive. If the runtime shuts itself down (its root supervisor gave up), the
+daemon stops serving and exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import logging
 import os
 import signal
 import sys
-import threading
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from palyra.config import Config
-from palyra.errors import PalyraError
+from palyra.errors import InvalidInput, PalyraError
 
-EXIT_USAGE = 2
+EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+DEFAULT_HTTP = "127.0.0.1:7142"
+DEFAULT_STATE_DIR = ".palyra-state"
 
 
 def load_config(path: str | None) -> Config:
@@ -25,45 +40,140 @@ def load_config(path: str | None) -> Config:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise PalyraError(f"config file {path} does not exist") from None
+        raise InvalidInput(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise PalyraError(f"config file {path} is not valid TOML: {exc}") from None
+        raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
     return Config.from_mapping(data)
+
+
+def parse_bind(text: str, *, allow_remote: bool) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6); non-loopback hosts need ``allow_remote``."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise InvalidInput(f"--http must be HOST:PORT, got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InvalidInput(f"--http port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"--http port must be within 0..65535, got {port}")
+    if not _is_loopback(host) and not allow_remote:
+        raise InvalidInput(
+            f"refusing to bind {host}: not a loopback address. The admin API would be "
+            "reachable from the network; pass --allow-remote-bind if that is intended"
+        )
+    return host, port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="palyrad", description="Run the Palyra daemon.")
     parser.add_argument(
         "--state-dir",
-        default=os.environ.get("PALYRA_STATE_DIR", ".palyra-state"),
-        help="state directory (journal, tokens, lock); default $PALYRA_STATE_DIR or ./.palyra-state",
+        default=os.environ.get("PALYRA_STATE_DIR", DEFAULT_STATE_DIR),
+        help="state directory (journal, admin token, lock); default $PALYRA_STATE_DIR or "
+             "./.palyra-state",
     )
     parser.add_argument("--config", default=os.environ.get("PALYRA_CONFIG"), help="palyra.toml")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--http", default=os.environ.get("PALYRA_HTTP", DEFAULT_HTTP),
+        help=f"HOST:PORT to serve HTTP on (default $PALYRA_HTTP or {DEFAULT_HTTP}; port 0 "
+             "picks a free one and the bound URL is printed)",
+    )
+    parser.add_argument("--allow-remote-bind", action="store_true",
+                        help="allow a non-loopback --http address")
+    parser.add_argument("--log-level", default=os.environ.get("PALYRA_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host, port = parse_bind(args.http, allow_remote=args.allow_remote_bind)
+        config = load_config(args.config)
+    except PalyraError as exc:
+        print(f"palyrad: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import trio
+
     from palyra.runtime import Runtime
 
     try:
-        config = load_config(args.config)
         runtime = Runtime.start(Path(args.state_dir), config)
     except PalyraError as exc:
         print(f"palyrad: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"palyrad: running, state dir {runtime.state_dir} (pid {os.getpid()}); Ctrl-C stops", flush=True)
     try:
-        stop.wait()
+        return trio.run(functools.partial(_serve, runtime, host, port))
     finally:
-        report = runtime.stop("signal received")
-    print(f"palyrad: stopped ({'clean' if report.clean else 'leaked: ' + ', '.join(report.leaked)})")
-    return 0
+        report = runtime.stop("palyrad stopping")
+        detail = "clean" if report.clean else "leaked: " + ", ".join(report.leaked)
+        print(f"palyrad: stopped ({detail})", flush=True)
+
+
+async def _serve(runtime: Any, host: str, port: int) -> int:
+    import hypercorn.trio
+    import trio
+    from hypercorn.config import Config as HypercornConfig
+
+    from surfaces.http import create_app, token_path
+
+    app = create_app(runtime)
+    surface = app.extensions["palyra"]
+    cfg = HypercornConfig()
+    cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")  # through our logging config, once
+    cfg.graceful_timeout = 5.0
+    shutdown = trio.Event()
+    why: list[str] = []
+
+    async def on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                why.append(signal.Signals(signum).name)
+                break
+        surface.streams.close_all()  # end event streams now, not after graceful_timeout
+        shutdown.set()
+
+    async def on_runtime_exit() -> None:
+        await trio.to_thread.run_sync(runtime.stopped.wait, abandon_on_cancel=True)
+        why.append("runtime stopped")
+        surface.streams.close_all()
+        shutdown.set()
+
+    async with trio.open_nursery() as watchers:
+        watchers.start_soon(on_signal)
+        watchers.start_soon(on_runtime_exit)
+        async with trio.open_nursery() as server:
+            binds = await server.start(functools.partial(
+                hypercorn.trio.serve, app, cfg, shutdown_trigger=shutdown.wait))
+            print(f"palyrad: serving {' '.join(binds)} (pid {os.getpid()}, state dir "
+                  f"{runtime.state_dir})", flush=True)
+            print(f"palyrad: admin token in {token_path(runtime.state_dir)}", flush=True)
+        watchers.cancel_scope.cancel()
+    # serve() has returned: lifespan shutdown ran, connections are closed.
+    if why and why[0] == "runtime stopped":
+        reason = runtime.stop_report.reason if runtime.stop_report else "unknown"
+        print(f"palyrad: the runtime shut down: {reason}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    print(f"palyrad: {why[0] if why else 'shutdown'} received, stopping", flush=True)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

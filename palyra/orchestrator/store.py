@@ -195,6 +195,11 @@ def finish_run_from_outside(
         set_run_terminal(run_id, state, now_ms=now_ms, usage=usage, last_error=reason,
                          termination_reason=termination_reason, reply_text=None)(txn)
         lifecycle(run_id, session_id, previous, state, now_ms=now_ms, reason=reason)(txn)
+        txn.conn.execute(  # nobody can act on its open approvals any more
+            "UPDATE approvals SET decision = 'error', decision_scope = 'once', decision_reason = ?,"
+            " resolved_at_unix_ms = ?, updated_at_unix_ms = ? WHERE run_ulid = ? AND decision IS NULL",
+            (f"run {state}: {reason}"[:512], now_ms, now_ms, run_id),
+        )
         payload = {
             "kind": state, "message": reason, "termination_reason": termination_reason,
             "reply_text": None, "last_error": reason,
