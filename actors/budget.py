@@ -24,7 +24,7 @@ import orjson
 import pykka
 
 from actors.journal import JournalClient
-from actors.writing import AsyncJournalWrites
+from actors.writing import AsyncJournalWrites, replying, tell_by_name
 from palyra.errors import InvalidInput, NotFound, PalyraError
 from palyra.governance import (
     SEED_PRICING,
@@ -366,15 +366,12 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             req.fail(exc)
             return
 
-        def done(write: Any) -> None:
-            if write.error is not None:
-                req.fail(write.error)
-                return
+        def apply() -> BudgetPolicy:
             self.policies[policy.policy_id] = policy
             self._publish()
-            req.reply(policy)
+            return policy
 
-        self.write_async([gstore.upsert_policy(policy)], done)
+        self.write_async([gstore.upsert_policy(policy)], replying(req, apply), caller=req)
 
     def _put_pricing(self, req: PutPricing) -> None:
         try:
@@ -385,15 +382,13 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             req.fail(exc)
             return
 
-        def done(write: Any) -> None:
-            if write.error is not None:
-                req.fail(write.error)
-                return
+        def apply() -> PricingRecord:
             self.pricing[record.pricing_id] = record
             self._publish()
-            req.reply(record)
+            return record
 
-        self.write_async([gstore.upsert_pricing([record], self.clock.now_ms())], done)
+        self.write_async([gstore.upsert_pricing([record], self.clock.now_ms())], replying(req, apply),
+                         caller=req)
 
     def _request_override(self, req: RequestOverride) -> None:
         policy = self.policies.get(req.policy_id)
@@ -474,9 +469,5 @@ class BudgetActor(AsyncJournalWrites, Supervised):
 
 
 def tell_budget(services: Any, message: Any) -> None:
-    ref = services.names.get(BUDGET)
-    if ref is not None:
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            pass
+    """Best effort: what it carries is also in the journal, which a restart rebuilds from."""
+    tell_by_name(services.names, BUDGET, message)

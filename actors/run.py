@@ -35,6 +35,7 @@ from actors.budget import (
     tell_budget,
 )
 from actors.journal import JOURNAL, Write
+from actors.writing import tell_by_name
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
@@ -431,14 +432,8 @@ class RunActor(Supervised):
             self.reservation = None
 
     def _send_to(self, name: str, message: Any) -> None:
-        ref = self.services.names.get(name)
-        if ref is not None:
-            try:
-                ref.tell(message)
-                return
-            except pykka.ActorDeadError:
-                pass
-        self._after(0.005, _Resend(name, message))
+        if not tell_by_name(self.services.names, name, message):
+            self._after(0.005, _Resend(name, message))
 
     # -- the provider call ---------------------------------------------------------------------
 
@@ -901,14 +896,8 @@ class RunActor(Supervised):
         return write
 
     def _dispatch(self, write: Write) -> None:
-        journal = self.services.names.get(JOURNAL)
-        if journal is not None:
-            try:
-                journal.tell(write)
-                return
-            except pykka.ActorDeadError:
-                pass
-        self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
+        if not tell_by_name(self.services.names, JOURNAL, write):
+            self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
 
     def _on_flushed(self, write: Write) -> None:
         inflight = self._inflight

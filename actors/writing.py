@@ -30,6 +30,32 @@ class Redispatch:
 RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
 
 
+def tell_by_name(names: Any, name: str, message: Any) -> bool:
+    """Deliver without blocking; False while ``name`` is between incarnations (the
+    caller retries on a timer instead of waiting)."""
+    ref = names.get(name)
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
+
+
+def replying(req: Any, apply: Callable[[], Any]) -> Callable[[Write], None]:
+    """A write continuation: fail ``req`` with the write's error, else apply the change
+    to memory and reply with what ``apply`` returns."""
+
+    def done(write: Write) -> None:
+        if write.error is not None:
+            req.fail(write.error)
+        else:
+            req.reply(apply())
+
+    return done
+
+
 class AsyncJournalWrites:
     """Mixin for Supervised actors. Call :meth:`write_async` and route ``Committed`` /
     ``Redispatch`` messages to :meth:`on_write_message` from ``on_receive``."""
@@ -80,14 +106,8 @@ class AsyncJournalWrites:
         return False
 
     def _dispatch(self, write: Write) -> None:
-        journal = self.services.names.get(JOURNAL)
-        if journal is not None:
-            try:
-                journal.tell(write)
-                return
-            except pykka.ActorDeadError:
-                pass
-        self._retry_later(write)
+        if not tell_by_name(self.services.names, JOURNAL, write):
+            self._retry_later(write)
 
     def _retry_later(self, write: Write) -> None:
         ref = self.actor_ref
