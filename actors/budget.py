@@ -44,6 +44,7 @@ from palyra.governance import (
 )
 from palyra.governance import store as gstore
 from palyra.governance.routing import RoutingDecision
+from palyra.governance.usage import alerts as usage_alerts
 from palyra.ids import new_ulid
 from palyra.journal.store import connect
 from palyra.orchestrator import store
@@ -164,6 +165,14 @@ class PutPolicy(Request):
         self.policy, self.principal = policy, principal
 
 
+class RecordAlerts(Request):
+    __slots__ = ("alerts",)
+
+    def __init__(self, alerts: list[Any]) -> None:
+        super().__init__()
+        self.alerts = alerts
+
+
 class PutPricing(Request):
     __slots__ = ("pricing",)
 
@@ -271,6 +280,7 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             PutPolicy: self._put_policy,
             PutPricing: self._put_pricing,
             RequestOverride: self._request_override,
+            RecordAlerts: self._record_alerts,
         }.get(type(message))
         if handler is None:
             return super().on_receive(message)
@@ -293,6 +303,11 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             req.fail(exc)
             return
         events = self.ledger.drain_events()
+        if decision.outcome != "ok":
+            # soft limits, warn-only hard limits, blocks: deduplicated budget alerts
+            found = usage_alerts((), evaluations=decision.evaluation)
+            if found:
+                self.write_async([gstore.upsert_alerts(found, now)], lambda w: None)
         if decision.granted:
             for ev in decision.evaluation.evaluations:
                 if ev.outcome == "override_applied" and ev.policy_id in self.once:
@@ -314,6 +329,13 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         if self.ledger.release(msg.reservation_id, self.clock.now_ms()):
             events = self.ledger.drain_events()
             self.write_async([gstore.append_ledger_events(events, self.clock.now_ms())], lambda w: None)
+
+    def _record_alerts(self, req: RecordAlerts) -> None:
+        if not req.alerts:
+            req.reply(0)
+            return
+        self.write_async([gstore.upsert_alerts(req.alerts, self.clock.now_ms())],
+                         replying(req, lambda: len(req.alerts)), caller=req)
 
     def _release_run(self, msg: ReleaseRun) -> None:
         """The run is over: settle what it settled (its own write may have reached the

@@ -24,6 +24,7 @@ from actors.budget import (
     GovernanceHolder,
     PutPolicy,
     PutPricing,
+    RecordAlerts,
     RequestOverride,
     initial_view,
 )
@@ -152,7 +153,7 @@ class Runtime:
         )
         svc.governance = GovernanceHolder(initial_view(svc))
         self._readers = threading.local()
-        self._all_readers: list[Reader] = []
+        self._all_readers: list[tuple[threading.Thread, Reader]] = []
         self.approvals = Approvals(self)
         self.sessions = Sessions(self)
         self.budgets = Budgets(self)
@@ -231,7 +232,7 @@ class Runtime:
     def _finish(self, reason: str, clean: bool) -> StopReport:
         unrecorded = self._recorder.close()
         self.services.workers.close()
-        for reader in list(self._all_readers):
+        for _, reader in list(self._all_readers):
             try:
                 reader.close()
             except Exception:
@@ -312,10 +313,20 @@ class Runtime:
         """A reader connection per calling thread (apsw cursors are not shareable)."""
         queries = getattr(self._readers, "queries", None)
         if queries is None:
+            self._close_readers_of_finished_threads()
             reader = Reader(self.state_dir, self.config.journal)
-            self._all_readers.append(reader)
+            self._all_readers.append((threading.current_thread(), reader))
             queries = self._readers.queries = Queries(reader.conn)
         return queries
+
+    def _close_readers_of_finished_threads(self) -> None:
+        keep = []
+        for thread, reader in self._all_readers:
+            if thread.is_alive():
+                keep.append((thread, reader))
+            else:
+                reader.close()  # its thread is gone; nobody else may use the connection
+        self._all_readers = keep
 
     def _request(self, name: str, message: Any, timeout: float | None = 30.0) -> Any:
         self._check_running()
@@ -520,12 +531,15 @@ class Usage:
         return self._gq().routing_decisions(run_id=run_id, limit=limit)
 
     def alerts(self, start: int | None = None, end: int | None = None) -> list[dict[str, Any]]:
-        """Current alert candidates (cost spike, model mix, provider health, budgets)."""
+        """Evaluate the window (cost spike, model mix, provider health), record what it
+        finds (deduplicated: a repeat bumps ``occurrence_count``) next to the budget
+        alerts recorded as runs hit limits, and return the stored alerts."""
         q = self._window(start, end)
         records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
         provider = self._rt.services.provider
         health = {provider.provider_id: provider.status_snapshot().get("health", "ok")}
-        return [a.to_dict() for a in alerts(records, health=health)]
+        self._rt._request(BUDGET, RecordAlerts(alerts(records, health=health)))
+        return self._gq().alerts()
 
 
 class AsyncRuntime:
