@@ -46,6 +46,7 @@ from palyra.governance import Amount, UsageScope
 from palyra.governance import store as gstore
 from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
+from palyra.memory import MemoryQueries
 from palyra.orchestrator import loop, store
 from palyra.orchestrator.approvals import (
     approval_prompt,
@@ -706,7 +707,8 @@ class RunActor(Supervised):
         cancel = self.tool_exec_cancel = threading.Event()
         ctx = ToolContext(run_id=self.run_id, session_id=self.session.session_id,
                           principal=self.session.principal, cancel=cancel,
-                          deadline_monotonic=self.clock.monotonic() + timeout_s, clock=self.clock)
+                          deadline_monotonic=self.clock.monotonic() + timeout_s, clock=self.clock,
+                          memory_search=self._memory_search)
         self.token += 1
         token, ref, clock, args = self.token, self.actor_ref, self.clock, proposal.arguments
 
@@ -725,6 +727,14 @@ class RunActor(Supervised):
         self._arm_wall_clock()
         self._after(timeout_s, _Timeout("tool", token))
         self.services.workers.submit(lambda: _tell(ref, execute()))
+
+    def _memory_search(self, query: str, limit: int) -> list[dict[str, Any]]:
+        """For ``palyra.memory.search`` (runs on the tool's thread, with its own reader):
+        only what this run's principal, channel and session may see."""
+        s = self.session
+        hits = MemoryQueries(self.services.readers.conn(), self.clock).search(
+            query, s.principal, channel=s.channel, session_id=s.session_id, limit=limit)
+        return [h.to_dict() for h in hits]
 
     def _on_tool_done(self, msg: _ToolDone) -> None:
         if msg.token != self.token or self.waiting != "tool" or self.current is None:

@@ -22,5 +22,6 @@ class RuntimeServices(Services):
     tools: Any = None  # palyra.tools.ToolRegistry
     policy: Any = None  # actors.policy.PolicyHolder
     governance: Any = None  # actors.budget.GovernanceHolder
+    readers: Any = None  # actors.readers.ThreadReaders
     approval_cache: ApprovalCache = dataclasses.field(default_factory=ApprovalCache)
     heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # run_id -> monotonic

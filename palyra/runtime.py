@@ -41,6 +41,7 @@ from actors.gateway import (
 from actors.hub import EventHub
 from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder
 from actors.policy import POLICY, PolicyActor, PolicyHolder, policy_config
+from actors.readers import ThreadReaders
 from actors.runs import RunsSupervisor
 from actors.services import RuntimeServices
 from actors.workers import WorkerPool
@@ -60,6 +61,14 @@ from palyra.journal.store import (
     append_op,
     open_writer_connection,
     prepare_state_dir,
+)
+from palyra.memory import (
+    MemoryHit,
+    MemoryItem,
+    MemoryQueries,
+    delete_op,
+    ingest_op,
+    purge_op,
 )
 from palyra.orchestrator.sessions import Resolution, SessionSelector
 from palyra.orchestrator.store import Queries
@@ -152,13 +161,13 @@ class Runtime:
             PolicyEngine.build(policy_config(config.tools, svc.tools.sensitive_tool_names()))
         )
         svc.governance = GovernanceHolder(initial_view(svc))
-        self._readers = threading.local()
-        self._all_readers: list[tuple[threading.Thread, Reader]] = []
+        svc.readers = ThreadReaders(state_dir, config.journal)
         self.approvals = Approvals(self)
         self.sessions = Sessions(self)
         self.budgets = Budgets(self)
         self.pricing = Pricing(self)
         self.usage = Usage(self)
+        self.memory = Memory(self)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -232,11 +241,7 @@ class Runtime:
     def _finish(self, reason: str, clean: bool) -> StopReport:
         unrecorded = self._recorder.close()
         self.services.workers.close()
-        for _, reader in list(self._all_readers):
-            try:
-                reader.close()
-            except Exception:
-                pass
+        self.services.readers.close()
         leaked = self._leaked_threads()
         self.services.timers.stop()
         final = [
@@ -310,23 +315,8 @@ class Runtime:
     # -- runs -------------------------------------------------------------------------
 
     def _queries(self) -> Queries:
-        """A reader connection per calling thread (apsw cursors are not shareable)."""
-        queries = getattr(self._readers, "queries", None)
-        if queries is None:
-            self._close_readers_of_finished_threads()
-            reader = Reader(self.state_dir, self.config.journal)
-            self._all_readers.append((threading.current_thread(), reader))
-            queries = self._readers.queries = Queries(reader.conn)
-        return queries
-
-    def _close_readers_of_finished_threads(self) -> None:
-        keep = []
-        for thread, reader in self._all_readers:
-            if thread.is_alive():
-                keep.append((thread, reader))
-            else:
-                reader.close()  # its thread is gone; nobody else may use the connection
-        self._all_readers = keep
+        """Reads on the caller's own connection (apsw cursors are not shareable)."""
+        return Queries(self.services.readers.conn())
 
     def _request(self, name: str, message: Any, timeout: float | None = 30.0) -> Any:
         self._check_running()
@@ -540,6 +530,45 @@ class Usage:
         health = {provider.provider_id: provider.status_snapshot().get("health", "ok")}
         self._rt._request(BUDGET, RecordAlerts(alerts(records, health=health)))
         return self._gq().alerts()
+
+
+class Memory:
+    """``rt.memory``: durable facts and summaries, searched by FTS5 + hash embeddings."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def ingest(self, text: str, *, principal: str = "user:local", channel: str | None = None,
+               session_id: str | None = None, scope: str | None = None, source: str = "manual",
+               tags: tuple[str, ...] = (), confidence: float | None = None,
+               ttl_ms: int | None = None) -> MemoryItem:
+        now = self._rt.clock.now_ms()
+        item = MemoryItem.build(
+            text, principal=principal, now_ms=now, channel=channel, session_id=session_id,
+            scope=scope, source=source, tags=tags, confidence=confidence,
+            ttl_unix_ms=None if ttl_ms is None else now + ttl_ms,
+        )
+        return self._rt.journal.write(ingest_op(item))
+
+    def search(self, query: str, *, principal: str = "user:local", channel: str | None = None,
+               session_id: str | None = None, limit: int = 8, min_score: float = 0.0) -> list[MemoryHit]:
+        return MemoryQueries(self._rt.services.readers.conn(), self._rt.clock).search(
+            query, principal, channel=channel, session_id=session_id, limit=limit,
+            min_score=min_score,
+        )
+
+    def get(self, memory_id: str, *, principal: str = "user:local") -> MemoryItem:
+        item = MemoryQueries(self._rt.services.readers.conn(), self._rt.clock).get(memory_id, principal)
+        if item is None:
+            raise NotFound(f"memory item {memory_id} not found", details={"memory_id": memory_id})
+        return item
+
+    def delete(self, memory_id: str, *, principal: str = "user:local") -> bool:
+        return self._rt.journal.write(delete_op(memory_id, principal))
+
+    def purge(self, *, principal: str = "user:local", channel: str | None = None,
+              session_id: str | None = None) -> int:
+        return self._rt.journal.write(purge_op(principal, channel=channel, session_id=session_id))
 
 
 class AsyncRuntime:

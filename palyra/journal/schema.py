@@ -5,6 +5,7 @@ from __future__ import annotations
 import apsw
 
 from palyra.clock import SYSTEM_CLOCK, Clock
+from palyra.memory.schema import SCHEMA_SQL as MEMORY_SCHEMA_SQL
 
 
 def _append_only(table: str) -> str:
@@ -225,6 +226,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """
         + _append_only("budget_ledger_events"),
     ),
+    (4, "memory_store", MEMORY_SCHEMA_SQL),
 ]
 
 
