@@ -10,7 +10,6 @@ import pytest
 from palyra.errors import AlreadyExists, InvalidInput, PayloadTooLarge
 from palyra.journal.store import JournalSettings, Writer, open_writer_connection
 from palyra.memory.embedding import EMBEDDING_MODEL_ID, embed, pack, unpack
-from palyra.memory.schema import SCHEMA_SQL
 from palyra.memory.store import (
     DAY_MS,
     DEFAULT_TTL_MS,
@@ -144,8 +143,7 @@ def test_round_trip_and_duplicate_id(db):
 
 
 def test_ops_compose_with_the_real_journal_writer(tmp_path):
-    conn = open_writer_connection(tmp_path)
-    conn.execute(SCHEMA_SQL)
+    conn = open_writer_connection(tmp_path)  # migration 4 creates the memory tables
     writer = Writer(conn, JournalSettings())
     first = build("first memory")
     ok, dup = writer.apply([[ingest_op(first)], [ingest_op(build("x", memory_id=first.memory_id))]])
