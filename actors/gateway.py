@@ -34,6 +34,9 @@ from palyra.errors import (
     PalyraError,
     PayloadTooLarge,
 )
+from palyra.healing import store as hstore
+from palyra.healing.incidents import open_or_update
+from palyra.healing.recovery import recovery_plan
 from palyra.ids import is_ulid, new_ulid
 from palyra.journal.store import TapeDraft, connect
 from palyra.orchestrator import store
@@ -121,6 +124,11 @@ class RecoverRuns:
     Sent by the gateway to itself at start and by the runs supervisor at every start."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RecoverRun:
+    run_id: str
+
+
 class _PendingLookup:
     """Session lookup that also sees sessions whose creation is not committed yet."""
 
@@ -152,7 +160,11 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         cache = svc.approval_cache
         for approval in self.q.cached_decisions(self.clock.now_ms()):
             cache.remember(approval)
-        self.actor_ref.tell(RecoverRuns())
+        if self.services.names.get(RUNS) is not None:
+            # Restarted alone: look for runs a previous incarnation left behind. At start-up
+            # the runs supervisor (started after us) sends RecoverRuns once it is up;
+            # recovering before that would block on it while it waits for us.
+            self.actor_ref.tell(RecoverRuns())
 
     def terminate(self) -> None:
         # Admissions in flight were never answered: fail them as never handled, so
@@ -176,6 +188,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             ResolveSessionRequest: self._resolve_session,
             ArchiveSession: self._archive_session,
             RecoverRuns: self._recover,
+            _RecoverRun: self._recover_run,
         }.get(type(message))
         if handler is None:
             return super().on_receive(message)
@@ -364,22 +377,55 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         self.write_async([op], done)
 
     def _recover(self, _: RecoverRuns) -> None:
-        """Runs left behind by a previous incarnation or process."""
-        names = self.services.names
+        """Runs left behind by a previous incarnation or process: one message per run,
+        so a long recovery never keeps the gateway from answering its liveness probes."""
         for run in self.q.runs(states=[ACCEPTED, IN_PROGRESS], limit=10_000):
-            if names.get(run_actor_name(run.run_id)) is not None:
-                # A decision committed by a previous incarnation may never have reached
-                # the run: tell it again (a run ignores decisions it is not waiting for).
-                for approval in self.q.approvals(pending=False, run_id=run.run_id):
-                    self._apply_decision(approval)
-                continue
-            if run.state == ACCEPTED:
-                self._launch_existing(run.run_id)
-            else:
-                self._fail_unstarted(
-                    run.run_id, run.session_id,
-                    "interrupted: the run's actor is gone (runtime restarted while it was in progress)",
-                )
+            self.actor_ref.tell(_RecoverRun(run.run_id))
+
+    def _recover_run(self, msg: _RecoverRun) -> None:
+        run = self.q.run(msg.run_id)
+        if run is None or run.state not in (ACCEPTED, IN_PROGRESS):
+            return
+        if self.services.names.get(run_actor_name(run.run_id)) is not None:
+            # A decision committed by a previous incarnation may never have reached the
+            # run: tell it again (a run ignores decisions it is not waiting for).
+            for approval in self.q.approvals(pending=False, run_id=run.run_id):
+                self._apply_decision(approval)
+            return
+        if run.state == ACCEPTED:
+            self._launch_existing(run.run_id)
+        else:
+            self._resume_or_fail(run.run_id, run.session_id)
+
+    def _resume_or_fail(self, run_id: str, session_id: str) -> None:
+        """A run left in progress with no actor (its process or its supervisor died).
+
+        The tape decides (palyra.healing.recovery): a run with a tool execution in flight
+        is failed with an incident, never re-run blindly; otherwise it resumes from its
+        recorded steps, at most three times.
+        """
+        tape = self.q.tape(run_id)
+        plan = recovery_plan(tape, run_id=run_id)
+        session = self.q.session_by_id(session_id)
+        text = next((e.payload.get("text", "") for e in tape if e.event_type == "message.received"), "")
+        if plan.action == "resume" and session is not None and plan.messages:
+            spec = RunSpec(run_id, session, text, tape[-1].seq + 1, (), resume=plan)
+            try:
+                # approvals asked before the crash cannot resume anything: the run asks anew
+                self.write_async([store.close_open_approvals(
+                    run_id, "superseded: the run resumed after an interruption", self.clock.now_ms())],
+                    lambda w: None)
+                self._launch(spec)
+                return
+            except PalyraError as exc:
+                plan = dataclasses.replace(plan, reason=f"resume failed to start: {exc}")
+        now = self.clock.now_ms()
+        ops = []
+        if plan.observation is not None:
+            ops.append(hstore.save_incident(open_or_update(None, plan.observation, now_ms=now)))
+        reason = f"interrupted: {plan.reason}"
+        self.write_async(ops, lambda w: self._fail_unstarted(run_id, session_id, reason)) if ops \
+            else self._fail_unstarted(run_id, session_id, reason)
 
     # -- cancellation -------------------------------------------------------------------
 

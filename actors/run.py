@@ -76,6 +76,7 @@ class RunSpec:
     text: str
     next_seq: int
     history: tuple[Message, ...] = ()
+    resume: Any = None  # palyra.healing.recovery.RecoveryPlan: continue a crashed run
 
 
 def run_actor_name(run_id: str) -> str:
@@ -206,6 +207,7 @@ class RunActor(Supervised):
         self.budget_approval_id: str | None = None
         self.override_retries = 0
         self.reserved_any = False
+        self._resumed = False
         self.cost_micro_usd = 0
         self.model_id: str | None = None
         self.provider_id: str | None = None
@@ -215,6 +217,14 @@ class RunActor(Supervised):
         self._inflight: _Inflight | None = None
         self._timers: list[Any] = []
         self.started_mono = self.clock.monotonic()
+        if spec.resume is not None:
+            # Rebuilt from the tape by crash recovery: the loop goes on where it stopped.
+            plan = spec.resume
+            self.state = IN_PROGRESS
+            self.loop_started = True
+            self.messages = list(plan.messages)
+            self.turn = plan.turns_used
+            self.tool_calls_left = max(0, self.limits.max_tool_calls - plan.tool_calls_used)
         self._heartbeat()
         self._wall_clock_armed = False
 
@@ -262,6 +272,12 @@ class RunActor(Supervised):
     # -- the loop -----------------------------------------------------------------------
 
     def _begin(self, _: Begin) -> None:
+        plan = self.spec.resume
+        if plan is not None and self.turn == plan.turns_used and not self._resumed:
+            self._resumed = True
+            self._tape("run.resumed", {"attempt": plan.resume_attempt, "reason": plan.reason,
+                                       "turns_used": plan.turns_used})
+            return self._next_turn()
         if self.state != ACCEPTED:
             return
         now = self.clock.now_ms()

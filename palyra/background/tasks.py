@@ -14,6 +14,9 @@ Decisions that differ from upstream, on purpose:
 * Expiry and ``not_before`` apply to tasks not yet dispatched (``queued``); a running task
   is never marked expired under its live run.
 * Due tasks run FIFO within a priority (upstream listed newest first).
+* A running prompt task whose target run cannot be found (after a 30 s start grace) is
+  requeued while it has attempts left, else failed.
+* Delegation scheduler limits (spec 4 step 9) are left to the caller of :func:`poll_step`.
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ CONSOLE_MAX_ATTEMPTS_RANGE = (1, 16)
 REFLECTION_PRIORITY = 25
 MAX_INPUT_CHARS = 32_768
 POLL_LIMIT = 256
+# A dispatched prompt task's run is created right after the task is marked running; a
+# poll in between must not take the missing run for a lost one.
+TARGET_START_GRACE_MS = 30_000
 
 EXPIRED_BEFORE_DISPATCH = "background task expired before dispatch"
 RETRY_BUDGET_EXHAUSTED = "background task exhausted retry budget"
@@ -245,7 +251,8 @@ def transition(task: BackgroundTask, event: str, *, now_ms: int, **changes: Any)
     return dataclasses.replace(task, state=state, updated_at_unix_ms=now_ms, **changes)
 
 
-def dispatch(task: BackgroundTask, *, now_ms: int, target_run_id: str | None = None) -> BackgroundTask:
+def dispatch(task: BackgroundTask, *, now_ms: int,
+             target_run_id: str | None = None) -> BackgroundTask:
     """queued -> running with one more attempt. Prompt kinds need the new target run id."""
     if not task.attempts_left:
         raise InvalidTransition(
@@ -359,7 +366,9 @@ def is_due(task: BackgroundTask, now_ms: int) -> bool:
 def due_key(task: BackgroundTask) -> tuple[int, int, int, str]:
     """Sort key: priority (high first), then due time (``not_before``, else creation),
     then creation, then id: a total order over distinct tasks."""
-    due_at = task.not_before_unix_ms if task.not_before_unix_ms is not None else task.created_at_unix_ms
+    due_at = task.not_before_unix_ms
+    if due_at is None:
+        due_at = task.created_at_unix_ms
     return (-task.priority, due_at, task.created_at_unix_ms, task.task_id)
 
 
@@ -445,6 +454,9 @@ def poll_step(
         if not task.target_run_id:
             return Step(SKIP, task, "running")  # reflection/auxiliary work in a worker
         if target is None:
+            started = task.started_at_unix_ms
+            if started is not None and now_ms - started < TARGET_START_GRACE_MS:
+                return Step(SKIP, task, "waiting for the target run to start")
             lost = f"target run {task.target_run_id} not found"
             if task.attempts_left:
                 return _update(requeue(task, now_ms=now_ms, error=lost), "target run lost")

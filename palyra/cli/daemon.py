@@ -2,9 +2,14 @@
 
     palyrad --state-dir DIR [--config palyra.toml] [--http 127.0.0.1:7142] [--allow-remote-bind]
 
+Rate limits of the HTTP surface come from ``PALYRA_RATE_LIMIT_*`` (see
+``surfaces.http.ratelimit``; defaults 30 requests/s per address, 120/s from loopback).
+
 The runtime starts first (a second daemon on the same state directory fails here, exit
 1, with the holder's pid), then hypercorn serves the HTTP surface on trio in this
-process. SIGINT/SIGTERM shut down gracefully (exit 0); the runtime is stopped in a
+process. SIGINT/SIGTERM shut down gracefully (exit 0): from then on every response
+carries ``Connection: close`` (keep-alive clients cannot hold the shutdown up to
+hypercorn's graceful timeout), open event streams end, requests in flight finish; the runtime is stopped in a
 ``finally`` whatever happens, since its non-daemon actor threads would otherwise keep
 the process alive. If the runtime shuts itself down (its root supervisor gave up), the
 daemon stops serving and exits 1.
@@ -102,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from surfaces.http.ratelimit import RateLimits
+
     try:
         host, port = parse_bind(args.http, allow_remote=args.allow_remote_bind)
         config = load_config(args.config)
+        limits = RateLimits.from_env()  # PALYRA_RATE_LIMIT_*: a typo fails here, not later
     except PalyraError as exc:
         print(f"palyrad: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -119,21 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"palyrad: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return trio.run(functools.partial(_serve, runtime, host, port))
+        return trio.run(functools.partial(_serve, runtime, host, port, limits))
     finally:
         report = runtime.stop("palyrad stopping")
         detail = "clean" if report.clean else "leaked: " + ", ".join(report.leaked)
         print(f"palyrad: stopped ({detail})", flush=True)
 
 
-async def _serve(runtime: Any, host: str, port: int) -> int:
+async def _serve(runtime: Any, host: str, port: int, limits: Any = None) -> int:
     import hypercorn.trio
     import trio
     from hypercorn.config import Config as HypercornConfig
 
     from surfaces.http import create_app, token_path
 
-    app = create_app(runtime)
+    app = create_app(runtime, rate_limits=limits)
     surface = app.extensions["palyra"]
     cfg = HypercornConfig()
     cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -148,12 +156,14 @@ async def _serve(runtime: Any, host: str, port: int) -> int:
             async for signum in signals:
                 why.append(signal.Signals(signum).name)
                 break
+        surface.draining = True  # responses from now on close their connection
         surface.streams.close_all()  # end event streams now, not after graceful_timeout
         shutdown.set()
 
     async def on_runtime_exit() -> None:
         await trio.to_thread.run_sync(runtime.stopped.wait, abandon_on_cancel=True)
         why.append("runtime stopped")
+        surface.draining = True
         surface.streams.close_all()
         shutdown.set()
 

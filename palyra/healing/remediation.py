@@ -303,7 +303,8 @@ def plan(incident: RuntimeIncidentRecord, mode: str, *, now_ms: int) -> Remediat
     elif action in REPORT_ACTIONS:
         status, detail = SUCCEEDED, f"reported: {incident.summary}"
     else:
-        status, detail = PLANNED, f"{action} planned for {incident.subject_kind} {incident.subject_id}"
+        subject = f"{incident.subject_kind} {incident.subject_id}"
+        status, detail = PLANNED, f"{action} planned for {subject}"
     return RemediationAttempt(
         attempt_id=attempt_id(incident.incident_id, action, now_ms, incident.occurrences),
         incident_id=incident.incident_id, action=action, mode=mode, status=status, detail=detail,

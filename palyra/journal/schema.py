@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import apsw
 
+from palyra.background.schema import SCHEMA_SQL as BACKGROUND_SCHEMA_SQL
 from palyra.clock import SYSTEM_CLOCK, Clock
+from palyra.healing.schema import SCHEMA_SQL as HEALING_SCHEMA_SQL
+from palyra.learning.schema import SCHEMA_SQL as LEARNING_SCHEMA_SQL
 from palyra.memory.schema import SCHEMA_SQL as MEMORY_SCHEMA_SQL
 
 
@@ -227,6 +230,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         + _append_only("budget_ledger_events"),
     ),
     (4, "memory_store", MEMORY_SCHEMA_SQL),
+    (5, "background_tasks", BACKGROUND_SCHEMA_SQL),
+    (6, "learning", LEARNING_SCHEMA_SQL),
+    (7, "self_healing", HEALING_SCHEMA_SQL),
 ]
 
 

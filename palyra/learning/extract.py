@@ -95,6 +95,8 @@ _STATEMENT = re.compile(
 _REPLY_REMEMBER = re.compile(r"\bI(?:'ll|\s+will)\s+remember\s+(?:that\s+)?(?P<fact>\S.*)$", _I)
 _HEDGE = re.compile(
     r"\b(?:I\s+think|I\s+guess|I\s+believe|maybe|perhaps|probably|might|not\s+sure)\b", _I)
+_HEDGE_PREFIX = re.compile(
+    r"^(?:(?:I\s+think|I\s+guess|I\s+believe|maybe|perhaps|probably)(?:\s+that)?[,\s]+)+", _I)
 _PREFERENCE_WORDS = re.compile(r"\b(?:prefer|prefers|always|never|avoid|style|tone)\b", _I)
 _RULE_WORDS = re.compile(r"\b(?:always|never)\b", _I)
 
@@ -184,7 +186,7 @@ def _preference(sentence: str, key: str, rule: str) -> _Draft:
 
 
 def _fact(fact: str, bps_value: int, source: str, rule: str, sentence: str) -> _Draft:
-    fact = fact.strip().rstrip(".! ")
+    fact = _HEDGE_PREFIX.sub("", fact.strip()).rstrip(".! ")
     if _PREFERENCE_WORDS.search(fact):
         key = c.WORKFLOW_RULE if _RULE_WORDS.search(fact) else c.INTERACTION_STYLE
         draft = _preference(fact, key, f"{rule}_as_preference")
@@ -279,7 +281,8 @@ def _candidate(run: RunLearningInput, draft: _Draft, now_ms: int,
         c.RISK_SENSITIVE: "blocked_sensitive",
         c.RISK_LOW_CONFIDENCE: "below_review_threshold",
     }.get(risk, "accepted_for_review")
-    summary = _clip(draft.text) if risk not in c.BLOCKING_RISKS else f"{draft.kind} withheld ({risk})"
+    blocked = risk in c.BLOCKING_RISKS
+    summary = f"{draft.kind} withheld ({risk})" if blocked else _clip(draft.text)
     return Candidate(
         candidate_id=new_ulid(now_ms),
         candidate_kind=draft.kind,
@@ -293,15 +296,15 @@ def _candidate(run: RunLearningInput, draft: _Draft, now_ms: int,
         status=status,
         confidence=confidence_bps / 10_000,
         risk_level=risk,
-        title=draft.title if risk not in c.BLOCKING_RISKS else f"{draft.kind} ({risk})",
+        title=f"{draft.kind} ({risk})" if blocked else draft.title,
         summary=summary,
         target_path=DEFAULT_TARGET_PATH if draft.kind == c.DURABLE_FACT else None,
         dedupe_key=dedupe_key(draft.kind, run.owner_principal, scope_kind, scope_id, draft.text),
-        content=draft.content if risk not in c.BLOCKING_RISKS else {"withheld": risk},
+        content={"withheld": risk} if blocked else draft.content,
         provenance={
             "run_id": run.run_id, "session_id": run.session_id, "source": draft.source,
             "rule": draft.rule, "disposition": disposition,
-            "excerpt": _clip(draft.excerpt) if risk not in c.BLOCKING_RISKS else None,
+            "excerpt": None if blocked else _clip(draft.excerpt),
         },
         source_task_id=run.source_task_id,
         created_at_unix_ms=now_ms,

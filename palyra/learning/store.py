@@ -13,6 +13,7 @@ import apsw
 import orjson
 
 from palyra.errors import Conflict, InvalidInput, NotFound
+from palyra.ids import new_ulid
 from palyra.journal.store import Txn
 from palyra.learning import candidates as c
 from palyra.learning import review as rv
@@ -83,12 +84,16 @@ def _insert_history(conn: apsw.Connection, entry: HistoryEntry) -> None:
 
 # --------------------------------------------------------------------------- writes
 
+# A candidate suppressed only for low confidence, re-extracted as queued, is promoted.
+_PROMOTE = ("status = 'suppressed' AND risk_level = 'low_confidence'"
+            " AND excluded.status = 'queued'")
+
 
 def upsert_candidates(candidates: Sequence[Candidate]) -> Op:
-    """Insert new candidates (with a creation history row); a candidate whose dedupe key
-    exists keeps its row, status and id, and only raises its confidence.
-
-    Returns the stored candidate ids, in input order.
+    """Insert new candidates (with a creation history row). A candidate whose dedupe key
+    exists keeps its row and id and raises its confidence; if it had been suppressed only
+    for low confidence and is now confident enough, it is promoted to ``queued`` (with a
+    history row). Returns the stored candidate ids, in input order.
     """
 
     def op(txn: Txn) -> list[str]:
@@ -104,16 +109,29 @@ def upsert_candidates(candidates: Sequence[Candidate]) -> Op:
                 _json(cand.last_action_payload), cand.created_at_unix_ms,
                 cand.updated_at_unix_ms,
             )
-            stored = txn.conn.execute(
+            before = txn.conn.execute(
+                "SELECT status FROM learning_candidates WHERE owner_principal = ?"
+                " AND scope_kind = ? AND scope_id = ? AND candidate_kind = ? AND dedupe_key = ?",
+                (cand.owner_principal, cand.scope_kind, cand.scope_id, cand.candidate_kind,
+                 cand.dedupe_key),
+            ).fetchone()
+            stored, status = txn.conn.execute(
                 f"INSERT INTO learning_candidates({_COLS}) VALUES ({','.join('?' * len(row))})"
                 " ON CONFLICT(owner_principal, scope_kind, scope_id, candidate_kind, dedupe_key)"
-                " DO UPDATE SET confidence = max(confidence, excluded.confidence),"
+                f" DO UPDATE SET confidence = max(confidence, excluded.confidence),"
+                f" status = CASE WHEN {_PROMOTE} THEN excluded.status ELSE status END,"
+                f" risk_level = CASE WHEN {_PROMOTE} THEN excluded.risk_level ELSE risk_level END,"
                 " updated_at_unix_ms = excluded.updated_at_unix_ms"
-                " RETURNING candidate_ulid",
+                " RETURNING candidate_ulid, status",
                 row,
-            ).fetchone()[0]
-            if stored == cand.candidate_id:
+            ).fetchone()
+            if before is None:
                 _insert_history(txn.conn, rv.created_entry(cand))
+            elif before[0] != status:
+                _insert_history(txn.conn, HistoryEntry(
+                    new_ulid(cand.updated_at_unix_ms), stored, before[0], status,
+                    c.SYSTEM_REVIEWER, cand.updated_at_unix_ms,
+                    "confident enough after a later run", None))
             ids.append(stored)
         return ids
 
@@ -230,7 +248,8 @@ class LearningQueries:
         ).fetchall()
         return [_history(r) for r in rows]
 
-    def preferences(self, owner_principal: str, *, include_retired: bool = False) -> list[Preference]:
+    def preferences(self, owner_principal: str, *,
+                    include_retired: bool = False) -> list[Preference]:
         rows = self.conn.execute(
             f"SELECT {_PREFERENCE_COLS} FROM learning_preferences WHERE owner_principal = ?"
             " AND (? OR status = 'active') ORDER BY preference_key, created_at_unix_ms",

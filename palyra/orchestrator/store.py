@@ -195,11 +195,7 @@ def finish_run_from_outside(
         set_run_terminal(run_id, state, now_ms=now_ms, usage=usage, last_error=reason,
                          termination_reason=termination_reason, reply_text=None)(txn)
         lifecycle(run_id, session_id, previous, state, now_ms=now_ms, reason=reason)(txn)
-        txn.conn.execute(  # nobody can act on its open approvals any more
-            "UPDATE approvals SET decision = 'error', decision_scope = 'once', decision_reason = ?,"
-            " resolved_at_unix_ms = ?, updated_at_unix_ms = ? WHERE run_ulid = ? AND decision IS NULL",
-            (f"run {state}: {reason}"[:512], now_ms, now_ms, run_id),
-        )
+        close_open_approvals(run_id, f"run {state}: {reason}", now_ms)(txn)  # nobody can act on them
         payload = {
             "kind": state, "message": reason, "termination_reason": termination_reason,
             "reply_text": None, "last_error": reason,
@@ -209,6 +205,18 @@ def finish_run_from_outside(
         txn.append_tape(TapeDraft.build(run_id, seq, "status", payload, now_ms=now_ms,
                                         max_payload_bytes=max_payload_bytes))
         return seq, payload
+
+    return op
+
+
+def close_open_approvals(run_id: str, reason: str, now_ms: int) -> Op:
+    def op(txn: Txn) -> int:
+        txn.conn.execute(
+            "UPDATE approvals SET decision = 'error', decision_scope = 'once', decision_reason = ?,"
+            " resolved_at_unix_ms = ?, updated_at_unix_ms = ? WHERE run_ulid = ? AND decision IS NULL",
+            (reason[:512], now_ms, now_ms, run_id),
+        )
+        return txn.conn.changes()
 
     return op
 

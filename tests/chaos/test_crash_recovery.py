@@ -1,0 +1,66 @@
+"""kill -9 a process with runs in flight; the next start settles every one of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import palyra
+
+pytestmark = pytest.mark.chaos
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, palyra
+    rt = palyra.Runtime.start(sys.argv[1])
+    for i in range(int(sys.argv[2])):
+        run = rt.send(f"resume me {i}\\n@sleep 30", session_key=f"crash-{i}")
+        print(run.id, flush=True)            # printed once durably accepted
+    print("ready", flush=True)
+    sys.stdin.read()                          # wait to be killed
+    """
+)
+
+
+def test_runs_in_flight_at_kill_minus_9_resume_from_their_tape(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path), "5"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+    assert proc.stdout is not None
+    accepted = []
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            break
+        accepted.append(line.strip())
+    # every run is inside its (sleeping) provider call now, or about to be
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert len(accepted) == 5
+    with palyra.Runtime.start(tmp_path) as rt:
+        names = rt.services.names
+        deadline = time.monotonic() + 15
+        # every interrupted run is taken over: resumed by a live actor, or settled
+        while True:
+            runs = [rt.run(run_id) for run_id in accepted]
+            orphans = [r for r in runs if not r.terminal and names.get(f"run:{r.run_id}") is None]
+            if not orphans:
+                break
+            assert time.monotonic() < deadline, f"runs left behind: {orphans}"
+            time.sleep(0.01)
+        resumed = [r for r in accepted if "run.resumed" in [e.event_type for e in rt.tape(r)]
+                   or not rt.run(r).terminal]
+        assert resumed, "no run was resumed from its tape"
+        for run_id in accepted:  # they sleep in their provider again: end them
+            if not rt.run(run_id).terminal:
+                rt.cancel(run_id, "test over")
+                assert rt.handle(run_id).wait(10).state == "cancelled"
+        report = rt.verify_journal()
+        assert report.ok, report
