@@ -25,6 +25,7 @@ from palyra.orchestrator.sessions import SessionSelector
 from palyra.orchestrator.state import STATES
 from palyra.records import Identity, Run
 from surfaces.http import openai_compat as openai
+from surfaces.http.metrics import CONTENT_TYPE as PROMETHEUS
 from surfaces.http.schema import (
     JSON,
     SSE,
@@ -110,7 +111,8 @@ async def _journal_writable(call: Call) -> dict[str, Any]:
 
     def write() -> None:
         try:
-            rt.journal.append("health.probe", {"source": "http.readyz"})
+            call.surface.metrics.timed_write(
+                lambda: rt.journal.append("health.probe", {"source": "http.readyz"}))
         finally:
             probe.in_flight = False
 
@@ -158,6 +160,11 @@ async def status(call: Call) -> Any:
         "journal": await call.pool.run(journal),
         "http": {"open_streams": len(s.streams)},
     })
+
+
+async def metrics(call: Call) -> Any:
+    s = call.surface
+    return Response(await s.metrics.render(s.pool), 200, content_type=PROMETHEUS)
 
 
 async def openapi_json(call: Call) -> Any:
@@ -452,6 +459,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/readyz", readyz, "Readiness: the tree is up and the journal takes writes", H,
           "Probe", errors=(503,)),
     Route("GET", "/openapi.json", openapi_json, "This document", H, "OpenApi"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text exposition format 0.0.4)", H,
+          "Metrics", content_types=(PROMETHEUS,)),
     Route("GET", "/admin/v1/status", status, "Runtime, actors with restart counts, journal head",
           A, "Status", query=(Param("verify", "boolean", default=False,
                                     description="also recompute the hash chain (slow)"),)),

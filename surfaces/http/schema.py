@@ -311,7 +311,7 @@ _ERRORS = {
     404: "not found",
     409: "conflicts with the current state",
     413: "request body larger than 64 KiB",
-    429: "rate limited",
+    429: "rate limited (Retry-After says when to try again)",
     500: "internal error (details.error_id is logged)",
     502: "the model provider or the run failed",
     503: "the runtime or an actor is unavailable",
@@ -350,7 +350,7 @@ def openapi(routes: tuple[Route, ...], schemas: dict[str, Any], *, title: str,
         responses: dict[str, Any] = {str(route.status): success}
         codes = set(route.errors) | ({400} if route.body or route.query else set())
         if not route.public:
-            codes.add(401)
+            codes |= {401, 429}
         codes.add(500)
         for code in sorted(codes):
             responses[str(code)] = {

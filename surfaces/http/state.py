@@ -16,6 +16,8 @@ from palyra.config import Config
 from palyra.errors import InvalidInput, RuntimeStopped
 from palyra.ids import is_ulid
 from surfaces import bridge
+from surfaces.http.metrics import Metrics
+from surfaces.http.ratelimit import Clock, RateLimiter, RateLimits
 from surfaces.http.streams import BlockingPool, StreamRegistry
 
 ADMIN_PRINCIPAL = "admin"
@@ -31,10 +33,13 @@ def version() -> str:
 
 class Surface:
     """What the app knows: the runtime (started by it or handed to it), the admin
-    token, the blocking-call pool and the open event streams."""
+    token, the blocking-call pool, the open event streams, the rate limiter and the
+    metrics registry."""
 
     def __init__(self, runtime: Any, state_dir: Path, config: Config | dict[str, Any] | None,
-                 *, pool_size: int = 4, sse_keepalive: float = 15.0) -> None:
+                 *, pool_size: int = 4, sse_keepalive: float = 15.0,
+                 rate_limits: RateLimits | RateLimiter | None = None,
+                 clock: Clock | None = None) -> None:
         self.rt = runtime
         self.owns_runtime = runtime is None
         self.state_dir = state_dir
@@ -47,6 +52,16 @@ class Surface:
         self.started_unix = int(time.time())
         self.version = version()
         self.probe = JournalProbe()
+        self.draining = False  # shutdown began: answer with Connection: close
+        self.metrics = Metrics(self)
+        if isinstance(rate_limits, RateLimiter):
+            self.limiter = rate_limits
+        else:
+            limits = RateLimits.from_env() if rate_limits is None else rate_limits
+            self.limiter = (RateLimiter(limits) if clock is None
+                            else RateLimiter(limits, clock=clock))
+        if self.limiter.on_limited is None:
+            self.limiter.on_limited = lambda scope: self.metrics.rate_limited.labels(scope).inc()
 
     @property
     def runtime(self) -> Any:

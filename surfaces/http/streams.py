@@ -12,6 +12,18 @@ still finishes in its thread.
 
 :func:`follow_run` is the SSE twin of ``RunHandle.aevents`` that also starts after a
 given seq (``Last-Event-ID``) and never reads the tape on the trio thread.
+
+Slow-client policy (:data:`SSE_POLICY`, also in the OpenAPI description): a slow reader
+never slows a run down and never grows the daemon's memory without bound. Each stream's
+live subscription is a bounded buffer (256 events; 1024 for streamed chat completions).
+When it overflows, the hub drops that subscription (the run is not told and does not
+wait), and the stream catches up from the durable tape after the last seq it sent, then
+subscribes again, so the client still sees every committed step exactly once and in
+order. What cannot be replayed is lost on overflow: streamed ``model_token`` events
+carry no seq and are not on the tape (the final ``model_token``/status rows are, and a
+streamed chat completion sends the part of the reply the client missed before its last
+chunk). An idle stream gets a ``: keepalive`` comment every 15 s; streams end at the
+run's terminal status, or at shutdown after their buffered events.
 """
 
 from __future__ import annotations
@@ -222,4 +234,14 @@ def sse(event: str | None, data: Any, event_id: int | None = None) -> bytes:
 
 
 SSE_KEEPALIVE = b": keepalive\n\n"
+SSE_POLICY = (
+    "Event streams (SSE) and slow clients: each stream reads a bounded buffer of live "
+    "events (256; 1024 for streamed chat completions). A client too slow to keep up never "
+    "stalls the run: when its buffer overflows, the live subscription is dropped and the "
+    "stream catches up from the durable run tape after the last seq it sent (ids are tape "
+    "seqs; Last-Event-ID resumes the same way), then follows live again. Committed steps "
+    "are therefore never lost or repeated; seq-less streamed model tokens missed during the "
+    "overflow are (a streamed chat completion sends the missed rest of the reply before its "
+    "final chunk). Idle streams get a keepalive comment every 15 s."
+)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from surfaces.http import create_app
+from surfaces.http.ratelimit import RateLimiter, RateLimits
 
 FAST: dict[str, dict[str, Any]] = {
     "supervision": {"probe_interval": 0.1, "shutdown_timeout": 1.0},
@@ -27,6 +28,9 @@ TOOLS: dict[str, dict[str, Any]] = {
     "runs": {"approval_timeout_ms": 30_000},
 }
 STEP = 10.0  # seconds any single HTTP exchange may take in a test
+# Limits no test reaches by accident (the buckets still run on every request); the
+# rate-limit tests pass their own limits and a fake clock.
+GENEROUS = RateLimits(per_s=1e6, loopback_per_s=1e6, token_per_s=1e6)
 
 
 def merged(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -83,8 +87,11 @@ class Api:
 
     async def call(self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
                    auth: bool | str = True, headers: dict[str, str] | None = None,
-                   query: dict[str, Any] | None = None) -> Reply:
+                   query: dict[str, Any] | None = None, client: str | None = None) -> Reply:
+        """``client``: the peer address the app sees (the test client gives none)."""
         kwargs: dict[str, Any] = {"headers": {**self.headers(auth), **(headers or {})}}
+        if client is not None:
+            kwargs["scope_base"] = {"client": (client, 40000)}
         if json is not None:
             kwargs["json"] = json
         if data is not None:
@@ -193,8 +200,9 @@ def parse_sse(text: str) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def serving(state_dir: Path, config: dict[str, Any] | None = None) -> AsyncIterator[Api]:
-    app = create_app(state_dir=state_dir, config=merged(config))
+async def serving(state_dir: Path, config: dict[str, Any] | None = None, *,
+                  rate_limits: RateLimits | RateLimiter = GENEROUS) -> AsyncIterator[Api]:
+    app = create_app(state_dir=state_dir, config=merged(config), rate_limits=rate_limits)
     async with app.test_app():
         yield Api(app)
 

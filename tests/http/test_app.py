@@ -180,3 +180,20 @@ async def test_openapi_documents_exactly_the_registered_routes(api):
         assert target.removeprefix("#/components/schemas/") in schemas, target
     body = schemas["CreateRunRequest"]
     assert body["required"] == ["text"] and body["additionalProperties"] is False
+    # rate limits and the SSE slow-client policy are documented; /metrics is plain text
+    description = doc["info"]["description"]
+    assert "429" in description and "Retry-After" in description
+    assert "slow" in description and "tape" in description and "Last-Event-ID" in description
+    for route in ROUTES:
+        responses = doc["paths"][route.path][route.method.lower()]["responses"]
+        assert ("429" in responses) is (not route.public), route.path
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain; version=0.0.4; charset=utf-8"]
+
+
+async def test_responses_close_their_connection_once_shutdown_began(api):
+    assert "Connection" not in (await api.get("/livez")).headers
+    api.surface.draining = True
+    assert (await api.get("/livez")).headers["Connection"] == "close"
+    assert (await api.get("/healthz", auth=False)).headers["Connection"] == "close"
+    assert (await api.get("/livez", auth=False)).headers["Connection"] == "close"

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
 import signal
 import stat
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -18,49 +12,23 @@ import orjson
 
 from palyra.cli import daemon
 from palyra.cli import main as cli
-
-START_TIMEOUT = 20.0
-URL_LINE = re.compile(r"palyrad: serving (http://\S+)")
+from tests.http.servers import START_TIMEOUT, lines_of, palyrad_cmd, palyrad_env, wait_for_url
 
 
 def _palyrad(state: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PALYRA_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "palyra.cli.daemon", "--state-dir", str(state),
-         "--http", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
+    return subprocess.Popen(palyrad_cmd(state, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=palyrad_env())
 
 
-def _lines(stream) -> queue.Queue[str | None]:
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def _wait_for_url(lines: queue.Queue[str | None], seen: list[str]) -> str:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-        assert line is not None, f"palyrad exited before serving: {seen}"
-        seen.append(line)
-        match = URL_LINE.search(line)
-        if match:
-            return match.group(1)
-
-
-def test_bind_and_config_errors_are_usage_errors(tmp_path, capsys):
+def test_bind_and_config_errors_are_usage_errors(tmp_path, capsys, monkeypatch):
     assert daemon.main(["--state-dir", str(tmp_path), "--http", "0.0.0.0:7142"]) == 2
     assert "--allow-remote-bind" in capsys.readouterr().err
     assert daemon.main(["--state-dir", str(tmp_path), "--http", "nonsense"]) == 2
     missing = tmp_path / "missing.toml"
     assert daemon.main(["--state-dir", str(tmp_path), "--config", str(missing)]) == 2
+    monkeypatch.setenv("PALYRA_RATE_LIMIT_PER_S", "lots")
+    assert daemon.main(["--state-dir", str(tmp_path)]) == 2
+    assert "PALYRA_RATE_LIMIT_PER_S must be a number" in capsys.readouterr().err
     assert daemon.parse_bind("[::1]:0", allow_remote=False) == ("::1", 0)
     assert daemon.parse_bind("10.0.0.5:80", allow_remote=True) == ("10.0.0.5", 80)
     assert not (tmp_path / "runtime.lock").exists()  # nothing was started
@@ -70,10 +38,10 @@ def test_palyrad_serves_refuses_a_second_daemon_and_stops_on_sigterm(tmp_path, c
     state = tmp_path / "state"
     proc = _palyrad(state)
     try:
-        out = _lines(proc.stdout)
-        _lines(proc.stderr)  # drained, so a chatty daemon never blocks on a full pipe
+        out = lines_of(proc.stdout)
+        lines_of(proc.stderr)  # drained, so a chatty daemon never blocks on a full pipe
         seen: list[str] = []
-        url = _wait_for_url(out, seen)
+        url = wait_for_url(out, seen)
         assert any(str(state / "admin.token") in line for line in seen + [out.get(timeout=5)])
         token_file = state / "admin.token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
