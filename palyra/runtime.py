@@ -50,7 +50,15 @@ from palyra.config import Config
 from palyra.errors import NotFound, RuntimeStopped
 from palyra.governance import BudgetPolicy, PricingRecord, UsageScope
 from palyra.governance.store import GovernanceQueries
-from palyra.governance.usage import alerts, model_mix, summarize, tool_mix, usage_query
+from palyra.governance.usage import (
+    alerts,
+    model_mix,
+    principal_breakdown,
+    session_breakdown,
+    summarize,
+    tool_mix,
+    usage_query,
+)
 from palyra.handles import RunHandle
 from palyra.ids import new_ulid
 from palyra.journal.store import (
@@ -516,6 +524,19 @@ class Usage:
     def tool_mix(self, start: int | None = None, end: int | None = None) -> list[dict[str, Any]]:
         q = self._window(start, end)
         return tool_mix(self._gq().tool_proposals(q.start_at_unix_ms, q.end_at_unix_ms))
+
+    def sessions(self, start: int | None = None, end: int | None = None, *, limit: int = 10,
+                 cursor: str | None = None) -> dict[str, Any]:
+        """Per-session breakdown, most tokens first (``{items, next_cursor}``)."""
+        q = self._window(start, end)
+        records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
+        return session_breakdown(records, limit=limit, cursor=cursor)
+
+    def principals(self, start: int | None = None, end: int | None = None, *, limit: int = 10,
+                   cursor: str | None = None) -> dict[str, Any]:
+        q = self._window(start, end)
+        records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
+        return principal_breakdown(records, limit=limit, cursor=cursor)
 
     def routing_decisions(self, *, run_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return self._gq().routing_decisions(run_id=run_id, limit=limit)

@@ -467,3 +467,13 @@ def test_consumed_survives_a_runtime_restart_exactly(start_runtime):
     again = start_runtime(ACCOUNTING)
     assert {pid: again.budgets.consumed(pid) for pid in pids} == before
     assert again.budgets.reserved() == {"reservations": 0, "tokens": 0, "cost_micro_usd": 0}
+
+
+def test_usage_breaks_down_by_session_and_principal(tmp_path):
+    with palyra.Runtime.start(tmp_path) as rt:
+        for i in range(3):
+            rt.send("a b c", session_key=f"s{i}", principal=f"user:{i % 2}").wait(10)
+        by_principal = {row["principal"]: row for row in rt.usage.principals()["items"]}
+        assert by_principal["user:0"]["runs"] == 2 and by_principal["user:1"]["runs"] == 1
+        sessions = rt.usage.sessions()["items"]
+        assert len(sessions) == 3 and all(row["total_tokens"] == 6 for row in sessions)
