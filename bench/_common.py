@@ -10,7 +10,11 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+_BENCH_DIR = Path(__file__).resolve().parent
+# bench/http.py and bench/actors.py would shadow the standard library's http and the
+# project's actors package: once this module is loaded, take bench/ off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
 # Restarts are logged as warnings in a daemon; in a benchmark they are the workload.
 logging.getLogger("palyra").setLevel(logging.ERROR)
 

@@ -3,7 +3,8 @@
 Prints one JSON line: runs/s and p50/p99 run latency (send -> terminal result) with the
 deterministic provider and the durable tape, sequentially and with 50 concurrent
 callers; beside it, in the same process, the floor: a bare apsw loop writing the same
-number of tape rows per run (one transaction per run), and the ratio.
+number of tape rows per run (one transaction per run), and the ratio. The sequential
+pass is repeated with usage governance disabled, for governance's share of the latency.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def main() -> None:
         sample = rt.runs(limit=1)[0]
         rows = len(rt.tape(sample.run_id))
         assert rt.verify_journal().ok
+    with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(
+        d, {**CONFIG, "governance": {"enabled": False}}
+    ) as rt:
+        rt.send(TEXT, session_key="warmup").wait(30)
+        figures["sequential_governance_disabled"] = measure(rt, 1500, 1)
+    figures["governance_overhead_p50_ratio"] = round(
+        figures["sequential"]["p50_ms"] / figures["sequential_governance_disabled"]["p50_ms"], 3)
     figures["tape_rows_per_run"] = rows
     floor_rate = floor(2000, rows)
     figures["floor_bare_apsw_runs_per_s"] = round(floor_rate, 1)
