@@ -89,6 +89,15 @@ class GovernanceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BackgroundConfig:
+    poll_interval_ms: int = 3000  # the queue is also woken at once on every create/control
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_ms <= 0:
+            raise ValueError("background.poll_interval_ms must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "deterministic"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -100,6 +109,7 @@ _SECTIONS: dict[str, type] = {
     "runs": RunsConfig,
     "tools": ToolsConfig,
     "governance": GovernanceConfig,
+    "background": BackgroundConfig,
 }
 
 
@@ -110,6 +120,7 @@ class Config:
     runs: RunsConfig = RunsConfig()
     tools: ToolsConfig = ToolsConfig()
     governance: GovernanceConfig = GovernanceConfig()
+    background: BackgroundConfig = BackgroundConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

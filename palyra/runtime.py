@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from actors.background_queue import BACKGROUND, BackgroundQueueActor, ControlTask, CreateTask
 from actors.budget import (
     BUDGET,
     BudgetActor,
@@ -45,6 +46,8 @@ from actors.readers import ThreadReaders
 from actors.runs import RunsSupervisor
 from actors.services import RuntimeServices
 from actors.workers import WorkerPool
+from palyra.background.store import TaskQueries
+from palyra.background.tasks import BackgroundTask
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.config import Config
 from palyra.errors import NotFound, RuntimeStopped
@@ -139,6 +142,7 @@ def build_tree(config: Config) -> ChildSpec:
         [
             ChildSpec(name=JOURNAL, actor=JournalActor, **child),
             supervisor_spec("core", core, **limits),
+            ChildSpec(name=BACKGROUND, actor=BackgroundQueueActor, **child),
             supervisor_spec("surfaces", [], **limits),
         ],
         **limits,
@@ -176,6 +180,7 @@ class Runtime:
         self.pricing = Pricing(self)
         self.usage = Usage(self)
         self.memory = Memory(self)
+        self.tasks = Tasks(self)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -551,6 +556,47 @@ class Usage:
         health = {provider.provider_id: provider.status_snapshot().get("health", "ok")}
         self._rt._request(BUDGET, RecordAlerts(alerts(records, health=health)))
         return self._gq().alerts()
+
+
+class Tasks:
+    """``rt.tasks``: durable background work; prompt tasks run as real runs."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def create(self, *, text: str, kind: str = "background_prompt", session_key: str | None = None,
+               session_id: str | None = None, principal: str = "user:local", device_id: str = "local",
+               channel: str | None = None, **options: Any) -> BackgroundTask:
+        """``options``: priority, max_attempts, budget_tokens, not_before_unix_ms,
+        expires_at_unix_ms, notification_target, delegation, parameter_delta."""
+        resolution = self._rt.sessions.resolve(session_key=session_key, session_id=session_id,
+                                               principal=principal, device_id=device_id, channel=channel)
+        body = {"text": text, "task_kind": kind, **options}
+        identity = Identity(principal, device_id, channel)
+        return self._rt._request(BACKGROUND, CreateTask(body, resolution.session.session_id, identity))
+
+    def get(self, task_id: str) -> BackgroundTask:
+        task = TaskQueries(self._rt.services.readers.conn()).task(task_id)
+        if task is None:
+            raise NotFound(f"background task {task_id} not found", details={"task_id": task_id})
+        return task
+
+    def list(self, *, session_id: str | None = None, principal: str | None = None,
+             limit: int = 100) -> list[BackgroundTask]:
+        return TaskQueries(self._rt.services.readers.conn()).tasks(
+            session_id=session_id, owner_principal=principal, limit=limit)
+
+    def pause(self, task_id: str) -> BackgroundTask:
+        return self._rt._request(BACKGROUND, ControlTask(task_id, "pause"))
+
+    def resume(self, task_id: str) -> BackgroundTask:
+        return self._rt._request(BACKGROUND, ControlTask(task_id, "resume"))
+
+    def retry(self, task_id: str) -> BackgroundTask:
+        return self._rt._request(BACKGROUND, ControlTask(task_id, "retry"))
+
+    def cancel(self, task_id: str) -> BackgroundTask:
+        return self._rt._request(BACKGROUND, ControlTask(task_id, "cancel"))
 
 
 class Memory:
