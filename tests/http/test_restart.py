@@ -70,7 +70,7 @@ def test_sigterm_with_runs_in_flight_then_restart_loses_nothing(tmp_path: Path, 
         assert daemon.terminate() == 0, daemon.seen
         # Connection: close while draining: keep-alive clients cannot hold the shutdown
         # up to hypercorn's graceful timeout (5 s)
-        assert time.monotonic() - signalled < 3.0
+        assert time.monotonic() - signalled < 4.5  # below the 5 s graceful timeout, with slack for load
         stop.set()
         for thread in threads:
             thread.join(10)
