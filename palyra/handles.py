@@ -111,6 +111,8 @@ class RunHandle:
 
     async def aevents(self, *, capacity: int = 1024) -> AsyncIterator[RunEvent]:
         """The trio twin of :meth:`events` (no thread per waiting caller)."""
+        import trio
+
         from surfaces.bridge import TrioSink
 
         hub = self._rt.services.hub
@@ -119,7 +121,9 @@ class RunHandle:
             sink = TrioSink(capacity)
             hub.subscribe(self.id, sink)
             try:
-                for event in map(_from_tape, self._rt.tape(self.id)):
+                # the replay reads SQLite: off the trio loop, so other tasks keep running
+                tape = await trio.to_thread.run_sync(self._rt.tape, self.id)
+                for event in map(_from_tape, tape):
                     if event.seq <= last:  # type: ignore[operator]
                         continue
                     last = event.seq  # type: ignore[assignment]
