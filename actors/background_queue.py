@@ -54,6 +54,21 @@ class _Poll:
     pass
 
 
+class Wake:
+    """Look at the tasks now (e.g. a task was inserted elsewhere), as a poll does."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """From the worker of a task without a target run (post-run reflection): the
+    running task succeeded (``ok``) or failed (``error``)."""
+
+    task_id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Started:
     task_id: str
@@ -86,6 +101,8 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
             return None
         handler = {
             _Poll: self._poll,
+            Wake: self._poll,
+            TaskFinished: self._task_finished,
             CreateTask: self._create,
             ControlTask: self._control,
             _Started: self._started,
@@ -134,7 +151,7 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
 
     # -- polling -------------------------------------------------------------------------
 
-    def _poll(self, _: _Poll) -> None:
+    def _poll(self, _: _Poll | Wake) -> None:
         if self._timer is not None:
             self._timer.cancel()
         now = self.clock.now_ms()
@@ -144,6 +161,7 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
             parent = self.runs.run(task.parent_run_id) if task.parent_run_id else None
             target = self.runs.run(task.target_run_id) if task.target_run_id else None
             step = t.poll_step(task, now_ms=now, parent=parent, target=target)
+            self._beat(step, now)
             if step.action == t.UPDATE:
                 self._save(task, step.task)
                 if step.cancel_run is not None:
@@ -154,6 +172,15 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
         self._timer = self.services.timers.call_later(
             self.interval, lambda: tell_by_name(self.services.names, BACKGROUND, _Poll())
             if ref.is_alive() else None)
+
+    def _beat(self, step: Any, now: int) -> None:
+        """Running tasks beat while the queue sees them progress; self-healing reads it."""
+        beats, task = self.services.heartbeats, step.task
+        if step.heartbeat == t.HEARTBEAT_RECORD and task.state == t.RUNNING:
+            first = beats.get(task.task_id, (None, None, now))[2]
+            beats[task.task_id] = ("background_task", now, first, task.session_id)
+        elif step.heartbeat == t.HEARTBEAT_CLEAR or task.terminal:
+            beats.pop(task.task_id, None)
 
     def _save(self, before: t.BackgroundTask, after: t.BackgroundTask, then: Any = None) -> None:
         self._writing.add(before.task_id)
@@ -168,6 +195,15 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
         self.write_async([bstore.update_task(before, after)], done)
 
     def _dispatch_task(self, task: t.BackgroundTask, now: int) -> None:
+        if task.task_kind == t.POST_RUN_REFLECTION:
+            from actors.learning import LEARNING, ReflectTask  # imports this module
+
+            running = t.dispatch(task, now_ms=now)
+            names = self.services.names
+            # running is durable before the work starts; the learning actor picks up a
+            # running reflection whose ReflectTask was lost when it (re)starts.
+            self._save(task, running, then=lambda: tell_by_name(names, LEARNING, ReflectTask(running)))
+            return
         if task.task_kind not in t.PROMPT_KINDS or not task.input_text:
             self._save(task, t.fail(task, now_ms=now, error=f"{task.task_kind} has no runner yet"))
             return
@@ -192,6 +228,25 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
         # running (with its run id) is durable before the run is asked for: see the module doc
         self._save(task, running, then=lambda: tell_by_name(self.services.names, GATEWAY, request)
                    or self._wake())
+
+    def _task_finished(self, msg: TaskFinished) -> None:
+        if msg.task_id in self._writing:  # e.g. the dispatch write: look again shortly
+            names = self.services.names
+            self.services.timers.call_later(0.02, lambda: tell_by_name(names, BACKGROUND, msg))
+            return
+        task = self.tasks.task(msg.task_id)
+        if task is None or task.state != t.RUNNING:
+            log.info("background task %s finished while %s: result dropped", msg.task_id,
+                     "missing" if task is None else task.state)
+            return
+        now = self.clock.now_ms()
+        if msg.ok:
+            result = msg.result or {"status": t.SUCCEEDED, "task_id": task.task_id}
+            after = t.transition(task, t.SUCCEED, now_ms=now, result=result, last_error=None)
+        else:
+            after = t.fail(task, now_ms=now, error=msg.error or f"{task.task_kind} failed",
+                           result=msg.result)
+        self._save(task, after)
 
     def _started(self, msg: _Started) -> None:
         if msg.request.error is not None:

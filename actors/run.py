@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +125,13 @@ class _Timeout:
     token: int
 
 
+class _Beat:
+    pass
+
+
+_BEAT = _Beat()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Reserved:
     request: Reserve
@@ -227,6 +233,7 @@ class RunActor(Supervised):
             self.tool_calls_left = max(0, self.limits.max_tool_calls - plan.tool_calls_used)
         self._heartbeat()
         self._wall_clock_armed = False
+        self._beat_interval = svc.config.healing.loop_interval_ms / 2000
 
     def terminate(self) -> None:
         for handle in getattr(self, "_timers", ()):
@@ -247,6 +254,10 @@ class RunActor(Supervised):
             return self._on_flushed(message.write)
         if type(message) is _Redispatch:
             return self._dispatch(message.write)
+        if message is _BEAT:
+            if self.state == IN_PROGRESS:
+                self._after(self._beat_interval, _BEAT)
+            return None
         if self.state in (DONE, FAILED, CANCELLED):
             return None  # late worker results, timers, duplicate cancels
         handler = {
@@ -949,8 +960,11 @@ class RunActor(Supervised):
 
     def _arm_wall_clock(self) -> None:
         """The wall-clock budget needs a timer only once the run waits on something
-        outside itself; steps run inline check the budget at every turn."""
+        outside itself; steps run inline check the budget at every turn. From then on the
+        run also beats on a timer, so a run waiting legitimately stays fresh while a hung
+        actor (which cannot handle the beat) goes stale for self-healing."""
         if not self._wall_clock_armed:
+            self._after(self._beat_interval, _BEAT)
             self._wall_clock_armed = True
             remaining = self.limits.wall_clock_ms / 1000 - (self.clock.monotonic() - self.started_mono)
             self._after(max(0.0, remaining), _Timeout("wall_clock", 0))
@@ -960,8 +974,11 @@ class RunActor(Supervised):
         self._timers.append(self.services.timers.call_later(delay, lambda: _tell(ref, message)))
 
     def _heartbeat(self) -> None:
-        beats = self.services.heartbeats
-        beats[self.spec.run_id] = time.monotonic()
+        """A work heartbeat on every message handled (self-healing reads these)."""
+        now = self.clock.now_ms() if hasattr(self, "clock") else self.services.clock.now_ms()
+        first = getattr(self, "_first_beat", None) or now
+        self._first_beat = first
+        self.services.heartbeats[self.spec.run_id] = ("run", now, first, self.spec.session.session_id)
 
 
 def _compile(pending: list[Any]) -> tuple[Any, ...]:

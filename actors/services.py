@@ -24,4 +24,6 @@ class RuntimeServices(Services):
     governance: Any = None  # actors.budget.GovernanceHolder
     readers: Any = None  # actors.readers.ThreadReaders
     approval_cache: ApprovalCache = dataclasses.field(default_factory=ApprovalCache)
-    heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # run_id -> monotonic
+    # subject id -> (domain, last beat ms, first beat ms, session id): runs and background
+    # tasks beat here; self-healing persists and judges them
+    heartbeats: dict[str, tuple[str, int, int, str | None]] = dataclasses.field(default_factory=dict)

@@ -98,6 +98,28 @@ class BackgroundConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealingConfig:
+    """Self-healing. Domains: watchdog (stale runs and tasks), approval, actor, provider.
+    Unlike upstream (advice only), stuck runs and tasks are remediated by default."""
+
+    mode: str = "observe_only"
+    modes: dict[str, str] = dataclasses.field(default_factory=lambda: {"watchdog": "auto"})
+    loop_interval_ms: int = 15_000
+    run_stale_ms: int = 120_000
+    task_stale_ms: int = 120_000
+    approval_stale_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        allowed = ("disabled", "observe_only", "auto")
+        for name, mode in [("mode", self.mode), *((f"modes.{k}", v) for k, v in self.modes.items())]:
+            if mode not in allowed:
+                raise ValueError(f"healing.{name} must be one of {allowed}")
+        for name in ("loop_interval_ms", "run_stale_ms", "task_stale_ms", "approval_stale_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"healing.{name} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "deterministic"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -110,6 +132,7 @@ _SECTIONS: dict[str, type] = {
     "tools": ToolsConfig,
     "governance": GovernanceConfig,
     "background": BackgroundConfig,
+    "healing": HealingConfig,
 }
 
 
@@ -121,6 +144,7 @@ class Config:
     tools: ToolsConfig = ToolsConfig()
     governance: GovernanceConfig = GovernanceConfig()
     background: BackgroundConfig = BackgroundConfig()
+    healing: HealingConfig = HealingConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

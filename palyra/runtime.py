@@ -44,6 +44,7 @@ from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionReco
 from actors.policy import POLICY, PolicyActor, PolicyHolder, policy_config
 from actors.readers import ThreadReaders
 from actors.runs import RunsSupervisor
+from actors.self_healing import SELF_HEALING, SelfHealingActor
 from actors.services import RuntimeServices
 from actors.workers import WorkerPool
 from palyra.background.store import TaskQueries
@@ -63,6 +64,7 @@ from palyra.governance.usage import (
     usage_query,
 )
 from palyra.handles import RunHandle
+from palyra.healing.store import HealingQueries
 from palyra.ids import new_ulid
 from palyra.journal.store import (
     ChainReport,
@@ -143,6 +145,10 @@ def build_tree(config: Config) -> ChildSpec:
             ChildSpec(name=JOURNAL, actor=JournalActor, **child),
             supervisor_spec("core", core, **limits),
             ChildSpec(name=BACKGROUND, actor=BackgroundQueueActor, **child),
+            # self-healing under its own supervisor, temporary in root: if it keeps failing
+            # it gives up (journalled) instead of becoming the thing that loops
+            supervisor_spec("healing", [ChildSpec(name=SELF_HEALING, actor=SelfHealingActor, **child)],
+                            restart="temporary", max_restarts=3, max_seconds=60),
             supervisor_spec("surfaces", [], **limits),
         ],
         **limits,
@@ -181,6 +187,7 @@ class Runtime:
         self.usage = Usage(self)
         self.memory = Memory(self)
         self.tasks = Tasks(self)
+        self.incidents = Incidents(self)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -394,8 +401,11 @@ class Runtime:
         self.run(run_id)
         return self._queries().tape_page(run_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes)
 
-    def heartbeats(self) -> dict[str, float]:
-        return dict(self.services.heartbeats)
+    def heartbeats(self) -> list[dict[str, Any]]:
+        """Live work heartbeats (runs, running background tasks)."""
+        return [{"domain": d, "subject_id": s, "last_beat_ms": last, "first_beat_ms": first,
+                 "session_id": session}
+                for s, (d, last, first, session) in dict(self.services.heartbeats).items()]
 
 
 class Approvals:
@@ -597,6 +607,23 @@ class Tasks:
 
     def cancel(self, task_id: str) -> BackgroundTask:
         return self._rt._request(BACKGROUND, ControlTask(task_id, "cancel"))
+
+
+class Incidents:
+    """``rt.incidents``: what self-healing found and did (persisted)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def list(self, *, active: bool = False, limit: int = 100) -> list[Any]:
+        return HealingQueries(self._rt.services.readers.conn()).incidents(active_only=active, limit=limit)
+
+    def attempts(self, incident_id: str | None = None) -> list[Any]:
+        return HealingQueries(self._rt.services.readers.conn()).attempts(incident_id)
+
+    def check_now(self) -> int:
+        """Run one self-healing loop now (otherwise it runs every loop interval)."""
+        return Address(self._rt.services.names, SELF_HEALING).call("run_once")
 
 
 class Memory:

@@ -1,0 +1,75 @@
+"""Self-healing through the runtime: hung runs become incidents and, in auto, failed runs."""
+
+from __future__ import annotations
+
+import time
+
+import palyra
+
+# Probes are slow on purpose: the run actor's own supervisor must not notice the hang
+# first; the healing loop (100 ms) and its stale threshold (300 ms) are what is tested.
+CONFIG = {
+    "supervision": {"probe_interval": 30.0, "shutdown_timeout": 1.0},
+    "healing": {"loop_interval_ms": 100, "run_stale_ms": 300},
+    "governance": {"max_completion_tokens": 4},
+}
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_hung_run_becomes_an_incident_and_is_failed_in_auto(tmp_path):
+    with palyra.Runtime.start(tmp_path, CONFIG) as rt:
+        pid = rt.budgets.put({"scope_kind": "global", "metric_kind": "total_tokens",
+                              "interval_kind": "rolling_24h", "hard_limit_value": 10_000,
+                              "action": "block"}).policy_id
+        run = rt.send("slow one\n@sleep 30", session_key="heal")
+        wait_for(lambda: rt.run(run.id).state == "in_progress")
+        wait_for(lambda: rt.budgets.reserved()["reservations"] == 1)
+        hung_at = time.monotonic()
+        rt.chaos.hang(f"run:{run.id}", 5.0)
+        result = run.wait(10)
+        healed_after = time.monotonic() - hung_at
+        assert result.state == "failed" and result.termination_reason == "stale_heartbeat"
+        # stale after 300 ms; found within two loop intervals of that
+        assert healed_after < 0.3 + 2 * 0.1 + 0.3  # + slack for scheduling on a busy box
+        tape = rt.tape(run.id)
+        assert tape[-1].event_type == "status" and "self-healing" in tape[-1].payload["message"]
+        incidents = rt.incidents.list()
+        stale = [i for i in incidents if i.kind == "stale_run" and i.subject_id == run.id]
+        assert stale and stale[0].state == "resolved"
+        attempts = rt.incidents.attempts(stale[0].incident_id)
+        assert [a.status for a in attempts] == ["succeeded"] and attempts[0].action == "fail_run"
+        wait_for(lambda: rt.budgets.reserved()["reservations"] == 0)  # reservation released
+        assert rt.budgets.consumed(pid)["consumed_tokens"] == 0
+        assert rt.verify_journal().ok
+
+
+def test_observe_only_reports_without_touching_the_run(tmp_path):
+    config = {**CONFIG, "healing": {**CONFIG["healing"], "modes": {"watchdog": "observe_only"}}}
+    with palyra.Runtime.start(tmp_path, config) as rt:
+        run = rt.send("slow one\n@sleep 30", session_key="heal")
+        wait_for(lambda: rt.run(run.id).state == "in_progress")
+        rt.chaos.hang(f"run:{run.id}", 2.0)
+        incident = wait_for(lambda: [i for i in rt.incidents.list(active=True)
+                                     if i.kind == "stale_run" and i.subject_id == run.id])
+        assert incident[0].state == "open"
+        attempts = wait_for(lambda: rt.incidents.attempts(incident[0].incident_id))
+        assert attempts[0].status == "skipped" and "observe_only" in attempts[0].detail
+        assert rt.run(run.id).state == "in_progress"  # reported only
+        rt.cancel(run.id)
+
+
+def test_a_run_waiting_legitimately_keeps_beating(tmp_path):
+    with palyra.Runtime.start(tmp_path, CONFIG) as rt:
+        run = rt.send("slow but alive\n@sleep 1", session_key="heal")
+        result = run.wait(10)  # 1 s of waiting, far beyond the 300 ms stale threshold
+        assert result.state == "done"
+        assert not [i for i in rt.incidents.list() if i.subject_id == run.id]
