@@ -884,6 +884,13 @@ class RunActor(Supervised):
         def done(_: Any) -> None:
             if self.reserved_any:  # settled and released for good, now that it is durable
                 tell_budget(self.services, ReleaseRun(self.run_id))
+            if state == DONE:  # reflection is scheduled from the durable finish (quirk 13.6)
+                from actors.learning import LEARNING, RunFinished  # it imports the queue, and so us
+
+                s = self.session
+                tell_by_name(self.services.names, LEARNING, RunFinished(
+                    self.run_id, s.session_id, s.principal, s.device_id, s.channel,
+                    self.spec.text, reply or ""))
             self.stop()
 
         self._durable(done)  # the terminal event is out once durable

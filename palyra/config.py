@@ -7,6 +7,7 @@ from typing import Any
 
 from palyra.errors import InvalidInput
 from palyra.journal.store import JournalSettings
+from palyra.learning.config import LearningConfig
 from palyra.orchestrator.loop import LoopLimits
 
 POSTURES = ("always_allow", "ask_each_time", "disabled")
@@ -133,6 +134,7 @@ _SECTIONS: dict[str, type] = {
     "governance": GovernanceConfig,
     "background": BackgroundConfig,
     "healing": HealingConfig,
+    "learning": LearningConfig,
 }
 
 
@@ -145,6 +147,7 @@ class Config:
     governance: GovernanceConfig = GovernanceConfig()
     background: BackgroundConfig = BackgroundConfig()
     healing: HealingConfig = HealingConfig()
+    learning: LearningConfig = LearningConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

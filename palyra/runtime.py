@@ -41,6 +41,8 @@ from actors.gateway import (
 )
 from actors.hub import EventHub
 from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder
+from actors.learning import LEARNING, LearningActor, Review
+from actors.learning import candidates as learning_candidates
 from actors.policy import POLICY, PolicyActor, PolicyHolder, policy_config
 from actors.readers import ThreadReaders
 from actors.runs import RunsSupervisor
@@ -145,6 +147,7 @@ def build_tree(config: Config) -> ChildSpec:
             ChildSpec(name=JOURNAL, actor=JournalActor, **child),
             supervisor_spec("core", core, **limits),
             ChildSpec(name=BACKGROUND, actor=BackgroundQueueActor, **child),
+            ChildSpec(name=LEARNING, actor=LearningActor, **child),
             # self-healing under its own supervisor, temporary in root: if it keeps failing
             # it gives up (journalled) instead of becoming the thing that loops
             supervisor_spec("healing", [ChildSpec(name=SELF_HEALING, actor=SelfHealingActor, **child)],
@@ -188,6 +191,7 @@ class Runtime:
         self.memory = Memory(self)
         self.tasks = Tasks(self)
         self.incidents = Incidents(self)
+        self.learning = Learning(self)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -607,6 +611,23 @@ class Tasks:
 
     def cancel(self, task_id: str) -> BackgroundTask:
         return self._rt._request(BACKGROUND, ControlTask(task_id, "cancel"))
+
+
+class Learning:
+    """``rt.learning``: candidates learned from finished runs, and their review."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def candidates(self, *, principal: str | None = None, status: str | None = None,
+                   limit: int = 100) -> list[Any]:
+        return learning_candidates(self._rt.services.readers.conn(), principal=principal,
+                                   status=status, limit=limit)
+
+    def review(self, candidate_id: str, status: str, *, principal: str = "user:local",
+               reason: str | None = None) -> Any:
+        """Accept or reject (with history); an accepted durable fact goes to memory."""
+        return self._rt._request(LEARNING, Review(candidate_id, status, principal, reason))
 
 
 class Incidents:

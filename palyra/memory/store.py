@@ -84,7 +84,7 @@ FENCE_SNIPPET_CHARS = 256
 AUTO_INJECT_QUERY_CHARS = 512
 
 SCOPES = ("session", "channel", "principal")
-SOURCES = ("tape:user_message", "tape:tool_result", "summary", "manual", "import")
+SOURCES = ("tape:user_message", "tape:tool_result", "summary", "manual", "import", "learning")
 
 FENCE_VERSION = "palyra.memory_context.v2"
 TRUST_LABEL_RETRIEVED = "retrieved_memory"
