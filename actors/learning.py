@@ -277,6 +277,9 @@ class LearningActor(AsyncJournalWrites, Supervised):
         self.runs = store.Queries(self.conn)
         self._scheduling: set[str] = set()  # runs whose task insert is in flight
         self._cooling: dict[tuple[str, str, str | None, str], int] = {}  # in-flight inserts
+        # last reflection per session seen by this incarnation (a cache: the tasks table is
+        # the truth after a restart)
+        self._recent: dict[tuple[str, str, str | None, str], int] = {}
         self._reflecting: set[str] = set()  # task ids being processed
         self.counters = {"reflections_scheduled": 0, "reflections_completed": 0,
                          "reflections_failed": 0, "candidates_created": 0,
@@ -313,13 +316,16 @@ class LearningActor(AsyncJournalWrites, Supervised):
     def _run_finished(self, msg: RunFinished) -> None:
         if msg.run_id in self._scheduling:
             return
+        now = self.clock.now_ms()
+        key = (msg.principal, msg.device_id, msg.channel, msg.session_id)
+        recent = self._recent.get(key)
+        if not self.config.enabled or (recent is not None and now - recent < self.config.cooldown_ms):
+            return  # cooling down (known from memory): no database reads for busy sessions
         run = self.runs.run(msg.run_id)
         if run is None or run.state != "done":
             log.warning("run %s finished but is %s: no reflection", msg.run_id,
                         "missing" if run is None else run.state)
             return
-        now = self.clock.now_ms()
-        key = (msg.principal, msg.device_id, msg.channel, msg.session_id)
         last = self.tasks.last_reflection_ms(owner_principal=msg.principal,
                                              device_id=msg.device_id, channel=msg.channel,
                                              session_id=msg.session_id)
@@ -332,8 +338,11 @@ class LearningActor(AsyncJournalWrites, Supervised):
             now_ms=now, already_scheduled=self.tasks.reflection_for_run(msg.run_id) is not None,
             last_reflection_ms=last, config=self.config,
         )
+        if last is not None:
+            self._recent[key] = max(last, self._recent.get(key, last))
         if task is None:
             return
+        self._recent[key] = now
         carried, _ = sanitize_value({"text": msg.text, "reply": msg.reply})
         task = dataclasses.replace(task, payload={**(task.payload or {}), **carried})
         self._scheduling.add(msg.run_id)
