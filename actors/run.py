@@ -45,7 +45,7 @@ from palyra.governance import Amount, UsageScope
 from palyra.governance import store as gstore
 from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
-from palyra.memory import MemoryQueries
+from palyra.memory import MemoryQueries, augment_prompt, auto_inject_payload
 from palyra.orchestrator import loop, store
 from palyra.orchestrator.approvals import (
     approval_prompt,
@@ -54,6 +54,7 @@ from palyra.orchestrator.approvals import (
     request_summary,
 )
 from palyra.orchestrator.state import ACCEPTED, CANCELLED, DONE, FAILED, IN_PROGRESS, transition
+from palyra.policy import PolicyRequest
 from palyra.providers import Message, ProviderCancelled, ProviderRequest, ToolSpec, estimate_tokens
 from palyra.providers import ToolCall as ModelToolCall
 from palyra.records import Approval, RunEvent, Session, Usage
@@ -310,7 +311,33 @@ class RunActor(Supervised):
             "wall_clock_budget_ms": self.limits.wall_clock_ms,
         })
         self.loop_started = True
+        self._auto_inject()
         self._next_turn()
+
+    def _auto_inject(self) -> None:
+        """Spec 1.7 step 6: relevant memory, fenced as retrieved data (never instructions)
+        ahead of the user's text. Off by default; a failing search degrades to nothing."""
+        cfg = self.services.config.memory
+        if not cfg.auto_inject_enabled:
+            return
+        s = self.session
+        allowed = self.services.policy.engine.evaluate(PolicyRequest(
+            principal=s.principal, action="memory.search", resource=f"memory:session:{s.session_id}",
+            device_id=s.device_id, channel=s.channel, session_id=s.session_id, run_id=self.run_id))
+        if not allowed.allowed:
+            return
+        try:
+            hits = MemoryQueries(self.services.readers.conn(), self.clock).search(
+                self.spec.text, s.principal, channel=s.channel, session_id=s.session_id,
+                limit=cfg.auto_inject_max_items, min_score=cfg.auto_inject_min_score, any_term=True)
+        except PalyraError as exc:
+            log.warning("run %s: memory auto-inject skipped: %s", self.run_id, exc)
+            return
+        if not hits:
+            return
+        self._tape("memory_auto_inject", auto_inject_payload(self.spec.text, hits))
+        last = self.messages[-1]
+        self.messages[-1] = Message("user", augment_prompt(hits, last.content))
 
     def _next_turn(self) -> None:
         elapsed_ms = (self.clock.monotonic() - self.started_mono) * 1000

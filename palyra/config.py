@@ -121,6 +121,27 @@ class HealingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    """Memory store upkeep and auto-inject (off by default, as upstream)."""
+
+    auto_inject_enabled: bool = False
+    auto_inject_max_items: int = 3
+    auto_inject_min_score: float = 0.2
+    maintenance_interval_ms: int = 3_600_000
+    retention_max_entries: int | None = None
+    retention_max_bytes: int | None = None
+    retention_ttl_days: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.auto_inject_max_items <= 16:
+            raise ValueError("memory.auto_inject_max_items must be within 1..16")
+        if not 0 <= self.auto_inject_min_score <= 1:
+            raise ValueError("memory.auto_inject_min_score must be within 0..1")
+        if self.maintenance_interval_ms <= 0:
+            raise ValueError("memory.maintenance_interval_ms must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "deterministic"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -135,6 +156,7 @@ _SECTIONS: dict[str, type] = {
     "background": BackgroundConfig,
     "healing": HealingConfig,
     "learning": LearningConfig,
+    "memory": MemoryConfig,
 }
 
 
@@ -148,6 +170,7 @@ class Config:
     background: BackgroundConfig = BackgroundConfig()
     healing: HealingConfig = HealingConfig()
     learning: LearningConfig = LearningConfig()
+    memory: MemoryConfig = MemoryConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

@@ -43,6 +43,7 @@ from actors.hub import EventHub
 from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder
 from actors.learning import LEARNING, LearningActor, Review
 from actors.learning import candidates as learning_candidates
+from actors.memory import MEMORY, Maintain, MemoryActor
 from actors.policy import POLICY, PolicyActor, PolicyHolder, policy_config
 from actors.readers import ThreadReaders
 from actors.runs import RunsSupervisor
@@ -148,6 +149,7 @@ def build_tree(config: Config) -> ChildSpec:
             supervisor_spec("core", core, **limits),
             ChildSpec(name=BACKGROUND, actor=BackgroundQueueActor, **child),
             ChildSpec(name=LEARNING, actor=LearningActor, **child),
+            ChildSpec(name=MEMORY, actor=MemoryActor, **child),
             # self-healing under its own supervisor, temporary in root: if it keeps failing
             # it gives up (journalled) instead of becoming the thing that loops
             supervisor_spec("healing", [ChildSpec(name=SELF_HEALING, actor=SelfHealingActor, **child)],
@@ -680,6 +682,10 @@ class Memory:
 
     def delete(self, memory_id: str, *, principal: str = "user:local") -> bool:
         return self._rt.journal.write(delete_op(memory_id, principal))
+
+    def maintain(self) -> dict[str, Any]:
+        """Run one retention and embedding-backfill pass now (it also runs on a timer)."""
+        return self._rt._request(MEMORY, Maintain())
 
     def purge(self, *, principal: str = "user:local", channel: str | None = None,
               session_id: str | None = None) -> int:

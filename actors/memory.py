@@ -1,0 +1,78 @@
+"""The memory actor: retention and embedding maintenance of the memory store.
+
+Ingest, search and delete go straight to the journal and to reader connections; what
+needs an owner is the periodic upkeep: expired items deleted, the retention caps
+applied (entries, bytes, age), and embeddings backfilled in bounded batches, as
+background work on a timer (resumable: each pass does a bounded amount).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actors.writing import AsyncJournalWrites, replying
+from palyra.memory import RetentionPolicy, backfill_embeddings_op, expire_op, retention_op
+from supervisors.request import Request
+from supervisors.supervised import Supervised
+
+log = logging.getLogger("palyra.memory")
+
+MEMORY = "memory"
+
+
+class Maintain(Request):
+    """Run one maintenance pass now; replies with what it did."""
+
+
+class _Tick:
+    pass
+
+
+class MemoryActor(AsyncJournalWrites, Supervised):
+    def init(self) -> None:
+        cfg = self.services.config.memory
+        self.clock = self.services.clock
+        self.interval = cfg.maintenance_interval_ms / 1000
+        self.policy = RetentionPolicy(cfg.retention_max_entries, cfg.retention_max_bytes,
+                                      cfg.retention_ttl_days)
+        self.passes = 0
+        self._timer: Any = None
+        self._schedule()
+
+    def terminate(self) -> None:
+        self.fail_waiting_callers()
+        if getattr(self, "_timer", None) is not None:
+            self._timer.cancel()
+
+    def _schedule(self) -> None:
+        ref = self.actor_ref
+        self._timer = self.services.timers.call_later(
+            self.interval, lambda: ref.tell(_Tick()) if ref.is_alive() else None)
+
+    def on_receive(self, message: Any) -> Any:
+        if self.on_write_message(message):
+            return None
+        if isinstance(message, _Tick):
+            self._schedule()
+            return self._maintain(None)
+        if isinstance(message, Maintain):
+            return self._maintain(message)
+        return super().on_receive(message)
+
+    def _maintain(self, req: Maintain | None) -> None:
+        now = self.clock.now_ms()
+        ops = [expire_op(now), retention_op(now, self.policy), backfill_embeddings_op(now)]
+
+        def collect(txn: Any) -> dict[str, Any]:
+            expired, retention, backfill = (op(txn) for op in ops)
+            return {"expired": expired, "retention": repr(retention), "backfill": repr(backfill)}
+
+        def report() -> dict[str, Any]:
+            self.passes += 1
+            return {"pass": self.passes}
+
+        if req is None:
+            self.write_async([collect], lambda w: log.debug("memory maintenance: %s", w.value))
+        else:
+            self.write_async([collect], replying(req, lambda: {**report()}), caller=req)
