@@ -35,11 +35,13 @@ BACKGROUND = "background_queue"
 
 
 class CreateTask(Request):
-    __slots__ = ("body", "session_id", "identity")
+    __slots__ = ("body", "session_id", "identity", "parent_run_id")
 
-    def __init__(self, body: dict[str, Any], session_id: str, identity: Identity) -> None:
+    def __init__(self, body: dict[str, Any], session_id: str, identity: Identity,
+                 parent_run_id: str | None = None) -> None:
         super().__init__()
         self.body, self.session_id, self.identity = body, session_id, identity
+        self.parent_run_id = parent_run_id
 
 
 class ControlTask(Request):
@@ -121,7 +123,7 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
             task = t.validate_create(
                 req.body, session_id=req.session_id, owner_principal=req.identity.principal,
                 device_id=req.identity.device_id, channel=req.identity.channel,
-                now_ms=self.clock.now_ms(), task_id=new_ulid(),
+                now_ms=self.clock.now_ms(), task_id=new_ulid(), parent_run_id=req.parent_run_id,
             )
         except PalyraError as exc:
             req.fail(exc)

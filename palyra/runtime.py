@@ -582,14 +582,17 @@ class Tasks:
 
     def create(self, *, text: str, kind: str = "background_prompt", session_key: str | None = None,
                session_id: str | None = None, principal: str = "user:local", device_id: str = "local",
-               channel: str | None = None, **options: Any) -> BackgroundTask:
+               channel: str | None = None, parent_run_id: str | None = None,
+               **options: Any) -> BackgroundTask:
         """``options``: priority, max_attempts, budget_tokens, not_before_unix_ms,
-        expires_at_unix_ms, notification_target, delegation, parameter_delta."""
+        expires_at_unix_ms, notification_target, delegation, parameter_delta.
+        ``parent_run_id``: cancelling that run cancels the task and its own run."""
         resolution = self._rt.sessions.resolve(session_key=session_key, session_id=session_id,
                                                principal=principal, device_id=device_id, channel=channel)
         body = {"text": text, "task_kind": kind, **options}
         identity = Identity(principal, device_id, channel)
-        return self._rt._request(BACKGROUND, CreateTask(body, resolution.session.session_id, identity))
+        return self._rt._request(BACKGROUND, CreateTask(body, resolution.session.session_id, identity,
+                                                        parent_run_id))
 
     def get(self, task_id: str) -> BackgroundTask:
         task = TaskQueries(self._rt.services.readers.conn()).task(task_id)

@@ -80,3 +80,21 @@ def test_tasks_survive_a_runtime_restart(tmp_path):
         assert done.state == "succeeded"
         assert again.run(done.target_run_id).reply_text == "after the restart"
         assert again.verify_journal().ok
+
+
+def test_cancelling_the_parent_run_cancels_the_task_and_its_run(tmp_path):
+    with palyra.Runtime.start(tmp_path, {**FAST, "background": {"poll_interval_ms": 20}}) as rt:
+        parent = rt.send("parent\n@sleep 30", session_key="bg")
+        task = rt.tasks.create(text="child work\n@sleep 30", session_key="bg", kind="delegation_prompt",
+                               delegation={"child_timeout_ms": 60_000}, parent_run_id=parent.id)
+        running = settled(rt, task.task_id, states=("running",))
+        child_run = running.target_run_id
+        deadline = time.monotonic() + 5
+        # the task is marked running (with its run id) before the run is admitted
+        while not [r for r in rt.runs(state="in_progress") if r.run_id == child_run]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rt.cancel(parent.id, "user gave up")
+        done = settled(rt, task.task_id)
+        assert done.state == "cancelled"
+        assert rt.handle(child_run).wait(5).state == "cancelled"  # its run was stopped too
