@@ -411,10 +411,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         if plan.action == "resume" and session is not None and plan.messages:
             spec = RunSpec(run_id, session, text, tape[-1].seq + 1, (), resume=plan)
             try:
-                # approvals asked before the crash cannot resume anything: the run asks anew
-                self.write_async([store.close_open_approvals(
-                    run_id, "superseded: the run resumed after an interruption", self.clock.now_ms())],
-                    lambda w: None)
+                # a pending approval stays open: the resumed run takes it over (actors/run.py)
                 self._launch(spec)
                 return
             except PalyraError as exc:

@@ -625,6 +625,8 @@ class RunActor(Supervised):
         now = self.clock.now_ms()
         timeout_ms = self.limits.approval_timeout_ms
         s = self.session
+        if self.spec.resume is not None and self._adopt_approval(proposal, now):
+            return
         approval = Approval(
             approval_id=new_ulid(now), run_id=self.run_id, session_id=s.session_id,
             principal=s.principal, device_id=s.device_id, channel=s.channel,
@@ -652,6 +654,31 @@ class RunActor(Supervised):
     def _on_override_resolved(self, msg: OverrideResolved) -> None:
         self._on_approval_decided(ApprovalDecided(msg.approval_id, msg.approved, "once",
                                                   "budget override decided", None))
+
+    def _adopt_approval(self, proposal: _Proposal, now: int) -> bool:
+        """A resumed run asking for the same tool again takes over the approval it was
+        waiting on before the interruption: waiting approvals survive restarts, and the
+        operator's decision (by that approval id) still applies."""
+        subject = f"tool:{proposal.call.name}"
+        waiting = [a for a in store.Queries(self.services.readers.conn()).approvals(
+            pending=True, run_id=self.run_id) if a.subject_id == subject]
+        if not waiting:
+            return False
+        approval = waiting[0]
+        proposal.approval_id = approval.approval_id
+        self._tape("tool_approval_request", {
+            "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
+            "tool_name": proposal.call.name, "input_json": proposal.arguments,
+            "approval_required": True, "prompt": approval.prompt,
+            "request_summary": approval.request_summary, "resumed": True,
+        })
+        self.waiting = "approval"
+        self.token += 1
+        self._arm_wall_clock()
+        expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
+        self._after(max(0.0, (expires - now) / 1000), _Timeout("approval", self.token))
+        self._flush()
+        return True
 
     def _on_approval_decided(self, msg: ApprovalDecided) -> None:
         if self.waiting == "budget_override" and msg.approval_id == self.budget_approval_id:

@@ -64,3 +64,46 @@ def test_runs_in_flight_at_kill_minus_9_resume_from_their_tape(tmp_path):
                 assert rt.handle(run_id).wait(10).state == "cancelled"
         report = rt.verify_journal()
         assert report.ok, report
+
+
+APPROVAL_DRIVER = textwrap.dedent(
+    """
+    import sys, palyra
+    config = {"tools": {"allowed": ["palyra.echo"], "sensitive": ["palyra.echo"]}}
+    rt = palyra.Runtime.start(sys.argv[1], config)
+    run = rt.send('needs approval\\n@tool palyra.echo {"text": "hi"}', session_key="approve")
+    import time
+    while not rt.approvals.pending(run.id):
+        time.sleep(0.01)
+    print(run.id, rt.approvals.pending(run.id)[0].approval_id, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_waiting_approval_survives_kill_minus_9_and_still_resumes_the_run(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", APPROVAL_DRIVER, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+    assert proc.stdout is not None
+    run_id, approval_id = proc.stdout.readline().split()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    config = {"tools": {"allowed": ["palyra.echo"], "sensitive": ["palyra.echo"]}}
+    with palyra.Runtime.start(tmp_path, config) as rt:
+        deadline = time.monotonic() + 10
+        while "run.resumed" not in [e.event_type for e in rt.tape(run_id)]:
+            assert time.monotonic() < deadline, "the run was not resumed"
+            time.sleep(0.01)
+        assert [a.approval_id for a in rt.approvals.pending(run_id)] == [approval_id]
+        while rt.run(run_id).state == "in_progress" and not [
+                e for e in rt.tape(run_id) if e.payload.get("resumed")]:
+            assert time.monotonic() < deadline, "the resumed run did not take the approval over"
+            time.sleep(0.01)
+        rt.approvals.decide(approval_id, allow=True)  # the id from before the crash
+        result = rt.handle(run_id).wait(10)
+        assert result.state == "done"
+        assert 'tool palyra.echo: {"success":true' in result.reply_text
+        assert rt.verify_journal().ok
