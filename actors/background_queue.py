@@ -211,6 +211,8 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
             return
         run_id = new_ulid(now)
         running = t.dispatch(task, now_ms=now, target_run_id=run_id)
+        # it beats from its dispatch on (each later poll that sees it progress beats again)
+        self.services.heartbeats[task.task_id] = ("background_task", now, now, task.session_id)
         request = StartRun(
             task.input_text, SessionSelector(session_id=task.session_id),
             Identity(task.owner_principal, task.device_id, task.channel), run_id,

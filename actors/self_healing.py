@@ -17,7 +17,8 @@ import logging
 from typing import Any
 
 from actors.budget import ReleaseRun, tell_budget
-from actors.writing import AsyncJournalWrites
+from actors.gateway import GATEWAY, CancelRun
+from actors.writing import AsyncJournalWrites, tell_by_name
 from palyra.background import store as bstore
 from palyra.healing import heartbeats as hb
 from palyra.healing import remediation as rem
@@ -198,6 +199,9 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
                 return [], False, f"task {attempt.subject_id} not found"
             after = rem.task_remediation(task, attempt.action, now_ms=now)
             self.services.heartbeats.pop(task.task_id, None)
+            if task.target_run_id:  # the stuck attempt's run must not go on beside a retry
+                tell_by_name(self.services.names, GATEWAY,
+                             CancelRun(task.target_run_id, "background task remediated by self-healing"))
             return [bstore.update_task(task, after)], True, f"task {after.state}"
         return [], True, attempt.detail
 

@@ -73,3 +73,54 @@ def test_a_run_waiting_legitimately_keeps_beating(tmp_path):
         result = run.wait(10)  # 1 s of waiting, far beyond the 300 ms stale threshold
         assert result.state == "done"
         assert not [i for i in rt.incidents.list() if i.subject_id == run.id]
+
+
+def test_an_actor_restarting_in_a_loop_becomes_an_incident(tmp_path):
+    config = {**CONFIG, "supervision": {"probe_interval": 30.0, "max_restarts": 100,
+                                        "max_seconds": 60, "shutdown_timeout": 1.0}}
+    with palyra.Runtime.start(tmp_path, config) as rt:
+        names = rt.services.names
+        for _ in range(5):
+            before = names.get("gateway")
+            rt.chaos.kill("gateway")
+            names.wait_for_change("gateway", before, 5)
+        incident = wait_for(lambda: [i for i in rt.incidents.list(active=True)
+                                     if i.kind == "actor_restart_loop"])
+        assert incident[0].subject_id == "root/core/gateway"
+        assert rt.send("still served", session_key="x").wait(10).state == "done"
+
+
+def test_an_open_circuit_becomes_an_incident(tmp_path):
+    from tests.support.openai_server import OpenAIServer
+
+    with OpenAIServer() as server:
+        for _ in range(3):
+            server.enqueue_status(500, {"error": {"message": "down"}})
+        config = {**CONFIG, "provider": {"kind": "openai_compatible", "base_url": server.base_url,
+                                         "api_key": "sk-test", "allow_private_base_url": True,
+                                         "max_retries": 0}}
+        with palyra.Runtime.start(tmp_path, config) as rt:
+            for i in range(3):
+                assert rt.send(f"call {i}", session_key=f"c{i}").wait(10).state == "failed"
+            incident = wait_for(lambda: [i for i in rt.incidents.list(active=True)
+                                         if i.kind == "circuit_open"])
+            assert incident[0].domain == "provider"
+
+
+def test_a_stalled_background_task_is_requeued_while_it_has_attempts(tmp_path):
+    config = {**CONFIG, "healing": {"loop_interval_ms": 100, "task_stale_ms": 300,
+                                    "run_stale_ms": 60_000},
+              "background": {"poll_interval_ms": 20}}
+    with palyra.Runtime.start(tmp_path, config) as rt:
+        task = rt.tasks.create(text="long job\n@sleep 30", session_key="bg", max_attempts=3)
+        first = wait_for(lambda: (t := rt.tasks.get(task.task_id)).state == "running"
+                         and t.target_run_id and t)
+        rt.chaos.hang("background_queue", 1.5)  # the queue stops seeing (and beating) it
+        incident = wait_for(lambda: [i for i in rt.incidents.list()
+                                     if i.kind == "stale_background_task"])
+        assert incident[0].subject_id == task.task_id
+        # requeued (attempts left), its stuck run stopped, then dispatched again
+        again = wait_for(lambda: (t := rt.tasks.get(task.task_id)).attempt_count >= 2 and t)
+        assert again.target_run_id != first.target_run_id
+        assert rt.handle(first.target_run_id).wait(10).state == "cancelled"
+        rt.tasks.cancel(task.task_id)
