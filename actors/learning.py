@@ -31,6 +31,8 @@ import dataclasses
 import logging
 from typing import Any
 
+import orjson
+
 from actors.background_queue import BACKGROUND, TaskFinished, Wake
 from actors.writing import AsyncJournalWrites, tell_by_name
 from palyra.background import store as bstore
@@ -77,6 +79,7 @@ class RunFinished:
     channel: str | None
     text: str
     reply: str
+    tools: tuple[str, ...] = ()  # the tools it ran successfully, in order (procedures)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,8 +171,9 @@ def _memory_ids(entries: list[HistoryEntry]) -> list[str]:
     return out
 
 
-def learning_input(task: t.BackgroundTask) -> RunLearningInput:
+def learning_input(task: t.BackgroundTask, prior_sequence_occurrences: int = 0) -> RunLearningInput:
     payload = task.payload or {}
+    sequence = [name for name in payload.get("tool_sequence") or () if isinstance(name, str)]
     run_id = payload.get("run_id") or task.parent_run_id
     text, reply = payload.get("text"), payload.get("reply", "")
     if not isinstance(run_id, str) or not isinstance(text, str) or not isinstance(reply, str):
@@ -178,8 +182,23 @@ def learning_input(task: t.BackgroundTask) -> RunLearningInput:
     return RunLearningInput(
         run_id=run_id, session_id=task.session_id, owner_principal=task.owner_principal,
         device_id=task.device_id, channel=task.channel, user_texts=(text,), reply_text=reply,
-        source_task_id=task.task_id,
+        source_task_id=task.task_id, tool_sequence=tuple(sequence),
+        prior_sequence_occurrences=prior_sequence_occurrences,
     )
+
+
+def prior_sequences(conn: Any, task: t.BackgroundTask) -> int:
+    """Other finished reflections of this principal that saw the same tool sequence."""
+    sequence = (task.payload or {}).get("tool_sequence") or []
+    if not sequence:
+        return 0
+    row = conn.execute(
+        "SELECT count(*) FROM orchestrator_background_tasks WHERE task_kind = 'post_run_reflection'"
+        " AND owner_principal = ? AND task_ulid != ? AND state = 'succeeded'"
+        " AND json_extract(payload_json, '$.tool_sequence') = json(?)",
+        (task.owner_principal, task.task_id, orjson.dumps(sequence).decode()),
+    ).fetchone()
+    return int(row[0])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -343,7 +362,8 @@ class LearningActor(AsyncJournalWrites, Supervised):
         if task is None:
             return
         self._recent[key] = now
-        carried, _ = sanitize_value({"text": msg.text, "reply": msg.reply})
+        carried, _ = sanitize_value({"text": msg.text, "reply": msg.reply,
+                                     "tool_sequence": list(msg.tools)})
         task = dataclasses.replace(task, payload={**(task.payload or {}), **carried})
         self._scheduling.add(msg.run_id)
         self._cooling[key] = now
@@ -371,7 +391,7 @@ class LearningActor(AsyncJournalWrites, Supervised):
             return
         now = self.clock.now_ms()
         try:
-            found = extract_candidates(learning_input(task), now_ms=now, config=self.config)
+            found = extract_candidates(learning_input(task, prior_sequences(self.conn, task)), now_ms=now, config=self.config)
             items: dict[str, MemoryItem] = {}
             for cand in found:
                 if cand.candidate_kind == c.DURABLE_FACT and cand.risk_level not in c.BLOCKING_RISKS:

@@ -213,6 +213,7 @@ class RunActor(Supervised):
         self.reservation: str | None = None
         self.budget_approval_id: str | None = None
         self.override_retries = 0
+        self.tools_ran: list[str] = []  # successful tool executions, in order (for learning)
         self.reserved_any = False
         self._resumed = False
         self.cost_micro_usd = 0
@@ -821,6 +822,8 @@ class RunActor(Supervised):
         if msg.token != self.token or self.waiting != "tool" or self.current is None:
             return
         self.waiting = None
+        if msg.output.success:
+            self.tools_ran.append(self.current.call.name)
         self._record_result(self.current, msg.output, msg.executed_at_ms, timed_out=False)
         self._next_tool()
 
@@ -944,7 +947,7 @@ class RunActor(Supervised):
                 s = self.session
                 tell_by_name(self.services.names, LEARNING, RunFinished(
                     self.run_id, s.session_id, s.principal, s.device_id, s.channel,
-                    self.spec.text, reply or ""))
+                    self.spec.text, reply or "", tuple(self.tools_ran)))
             self.stop()
 
         self._durable(done)  # the terminal event is out once durable

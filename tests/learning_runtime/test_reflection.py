@@ -164,3 +164,14 @@ def test_review_accept_and_reject_with_history(tmp_path):
         with pytest.raises(palyra.InvalidInput):
             rt.learning.review(style.candidate_id, "bogus", principal="user:local")
         assert [c.candidate_id for c in mine(rt, status="approved")] == [style.candidate_id]
+
+
+def test_a_repeated_successful_tool_sequence_becomes_a_procedure_candidate(tmp_path):
+    tools = {"tools": {"allowed": ["palyra.echo"]}}
+    text = 'do the usual\n@tool palyra.echo {"text": "a"}\n@tool palyra.echo {"text": "b"}'
+    with start(tmp_path, **tools) as rt:
+        finish(rt, text, session_key="p1")
+        assert not [c for c in rt.learning.candidates() if c.candidate_kind == "procedure"]
+        finish(rt, text, session_key="p2")  # the second time the sequence is seen
+        procedures = [c for c in rt.learning.candidates() if c.candidate_kind == "procedure"]
+        assert procedures and "palyra.echo" in str(procedures[0].content)
