@@ -68,8 +68,6 @@ def test_sigterm_with_runs_in_flight_then_restart_loses_nothing(tmp_path: Path, 
                 started = [run["run_id"] for run in reply.json()["runs"]]
         signalled = time.monotonic()
         assert daemon.terminate() == 0, daemon.seen
-        # Connection: close while draining: keep-alive clients cannot hold the shutdown
-        # up to hypercorn's graceful timeout (5 s)
         # bounded: draining closes keep-alive connections; under load a request that is
         # mid-flight may still hold hypercorn to its 5 s graceful timeout, never longer
         assert time.monotonic() - signalled < 8.0
