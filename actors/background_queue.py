@@ -230,8 +230,18 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
 
         self.services.hub.subscribe(run_id, on_event)
         # running (with its run id) is durable before the run is asked for: see the module doc
-        self._save(task, running, then=lambda: tell_by_name(self.services.names, GATEWAY, request)
-                   or self._wake())
+        self._save(task, running, then=lambda: self._start_run(task.task_id, run_id, request))
+
+    def _start_run(self, task_id: str, run_id: str, request: StartRun) -> None:
+        """Ask for the attempt's run, unless the attempt was superseded meanwhile (e.g.
+        self-healing requeued it while this actor was stuck): never two runs per task."""
+        current = self.tasks.task(task_id)
+        if current is None or current.state != t.RUNNING or current.target_run_id != run_id:
+            log.info("background task %s: attempt with run %s superseded; not started", task_id, run_id)
+            self._wake()
+            return
+        if not tell_by_name(self.services.names, GATEWAY, request):
+            self._wake()
 
     def _task_finished(self, msg: TaskFinished) -> None:
         if msg.task_id in self._writing:  # e.g. the dispatch write: look again shortly
