@@ -87,3 +87,14 @@ class TrioSink:
             self.send.close()
         except trio.ClosedResourceError:
             pass
+
+
+class TerminalSink(TrioSink):
+    """Only a run's terminal event crosses into trio: a caller that wants the result,
+    not the steps, costs one wake-up per run instead of one per step."""
+
+    def __call__(self, item: Any) -> bool:
+        if not getattr(item, "terminal", False):
+            return True
+        super().__call__(item)
+        return False

@@ -16,9 +16,10 @@ import trio
 from quart import Response
 
 from palyra.errors import InvalidInput, NotFound, Timeout
+from palyra.handles import result_from_status
 from palyra.ids import new_ulid
-from palyra.records import Run
-from surfaces.bridge import TrioSink
+from palyra.records import Run, RunResult
+from surfaces.bridge import TerminalSink, TrioSink
 from surfaces.http.errors import RunNotCompleted
 from surfaces.http.schema import SSE, Body, Field, obj
 from surfaces.http.state import Call, respond
@@ -106,50 +107,63 @@ async def chat_completions(call: Call) -> Any:
     text = _last_user_text(body["messages"])
     principal = body.get("user") or DEFAULT_PRINCIPAL
     run_id = new_ulid()
-    # Subscribe before the run exists: no streamed token can slip past.
-    sink = TrioSink(1024)
+    stream = bool(body.get("stream"))
+    # Subscribe before the run exists: nothing can slip past. A non-streaming answer
+    # needs only the terminal event (it carries the reply and the usage).
+    sink = TrioSink(1024) if stream else TerminalSink(4)
     rt.services.hub.subscribe(run_id, sink)
     try:
         handle = await rt.aio.send(text, principal=principal, run_id=run_id)
     except BaseException:
         rt.services.hub.unsubscribe(run_id, sink)
         raise
-    events = follow_run(rt, s.pool, s.streams, run_id, sink=sink, keepalive=s.sse_keepalive)
     base = {"id": f"chatcmpl-{handle.id}", "created": int(time.time()), "model": model}
     headers = {"X-Palyra-Run-Id": handle.id, "X-Palyra-Session-Id": handle.session_id}
-    if body.get("stream"):
+    if stream:
+        events = follow_run(rt, s.pool, s.streams, run_id, sink=sink, keepalive=s.sse_keepalive)
         response = Response(_stream(call, events, base), 200,
                             headers={**SSE_HEADERS, **headers}, content_type=SSE)
         response.timeout = None
         return response
     limit = rt.config.runs.wall_clock_ms / 1000 + 30
-    with trio.move_on_after(limit) as scope:
-        async with aclosing(events):
-            async for event in events:
-                if event is not None and event.terminal:
-                    break
-    if scope.cancelled_caught:
-        raise Timeout(f"run {handle.id} did not finish within {limit:.0f}s",
-                      details={"run_id": handle.id})
-    run: Run = await s.pool.run(rt.run, handle.id)
-    _require_done(run)
+    terminal = None
+    with trio.move_on_after(limit):
+        try:
+            terminal = await sink.receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            terminal = None
+    rt.services.hub.unsubscribe(run_id, sink)
+    if terminal is None:  # timed out (or shutting down): the database says how it ended
+        run: Run = await s.pool.run(rt.run, handle.id)
+        if not run.terminal:
+            raise Timeout(f"run {handle.id} did not finish within {limit:.0f}s",
+                          details={"run_id": handle.id})
+        result = result_from_run(run)
+    else:
+        result = result_from_status(handle.id, handle.session_id, terminal.payload)
+    _require_done(result)
     return respond({
         **base,
         "object": "chat.completion",
         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": run.reply_text or ""}}],
-        "usage": _usage(run),
+                     "message": {"role": "assistant", "content": result.reply_text or ""}}],
+        "usage": _usage(result),
         "system_fingerprint": None,
     }, headers=headers)
 
 
-def _usage(run: Run) -> dict[str, int]:
+def result_from_run(run: Run) -> RunResult:
+    return RunResult(run.run_id, run.session_id, run.state, run.reply_text, run.usage,
+                     run.last_error, run.termination_reason)
+
+
+def _usage(run: Run | RunResult) -> dict[str, int]:
     return {"prompt_tokens": run.usage.prompt_tokens,
             "completion_tokens": run.usage.completion_tokens,
             "total_tokens": run.usage.total_tokens}
 
 
-def _require_done(run: Run) -> None:
+def _require_done(run: Run | RunResult) -> None:
     if run.state != "done":
         raise RunNotCompleted(
             f"run {run.run_id} ended {run.state}: {run.last_error or run.termination_reason}",
