@@ -93,25 +93,17 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
         self.fail_waiting_callers()
         if self._timer is not None:
             self._timer.cancel()
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self.close_reader()
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        handler = {
+    def handlers(self) -> dict[type, Any]:
+        return {
             _Poll: self._poll,
             Wake: self._poll,
             TaskFinished: self._task_finished,
             CreateTask: self._create,
             ControlTask: self._control,
             _Started: self._started,
-        }.get(type(message))
-        if handler is None:
-            return super().on_receive(message)
-        return handler(message)
+        }
 
     def _wake(self) -> None:
         self.actor_ref.tell(_Poll())

@@ -228,10 +228,7 @@ class BudgetActor(AsyncJournalWrites, Supervised):
 
     def terminate(self) -> None:
         self.fail_waiting_callers()  # e.g. reservations: the run asks again (idempotent)
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self.close_reader()
 
     def _publish(self) -> None:
         old = self.services.governance.view
@@ -268,10 +265,8 @@ class BudgetActor(AsyncJournalWrites, Supervised):
 
     # -- messages -------------------------------------------------------------------------
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        handler = {
+    def handlers(self) -> dict[type, Any]:
+        return {
             Reserve: self._reserve,
             Settle: self._settle,
             Release: self._release,
@@ -281,10 +276,7 @@ class BudgetActor(AsyncJournalWrites, Supervised):
             PutPricing: self._put_pricing,
             RequestOverride: self._request_override,
             RecordAlerts: self._record_alerts,
-        }.get(type(message))
-        if handler is None:
-            return super().on_receive(message)
-        return handler(message)
+        }
 
     def _active_overrides(self, run_id: str | None = None) -> list[Override]:
         now = self.clock.now_ms()

@@ -173,15 +173,10 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             for request in waiters:
                 request.fail(pykka.ActorDeadError("gateway stopped during admission"))
         self.fail_waiting_callers()
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self.close_reader()
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        handler = {
+    def handlers(self) -> dict[type, Any]:
+        return {
             StartRun: self._start_run,
             CancelRun: self._cancel_run,
             DecideApproval: self._decide,
@@ -189,10 +184,7 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             ArchiveSession: self._archive_session,
             RecoverRuns: self._recover,
             _RecoverRun: self._recover_run,
-        }.get(type(message))
-        if handler is None:
-            return super().on_receive(message)
-        return handler(message)
+        }
 
     # -- admission ------------------------------------------------------------------------
 

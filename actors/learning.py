@@ -310,22 +310,14 @@ class LearningActor(AsyncJournalWrites, Supervised):
 
     def terminate(self) -> None:
         self.fail_waiting_callers()
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self.close_reader()
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        handler = {
+    def handlers(self) -> dict[type, Any]:
+        return {
             RunFinished: self._run_finished,
             ReflectTask: self._reflect,
             Review: self._review,
-        }.get(type(message))
-        if handler is None:
-            return super().on_receive(message)
-        return handler(message)
+        }
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)

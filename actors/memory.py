@@ -50,15 +50,12 @@ class MemoryActor(AsyncJournalWrites, Supervised):
         self._timer = self.services.timers.call_later(
             self.interval, lambda: ref.tell(_Tick()) if ref.is_alive() else None)
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        if isinstance(message, _Tick):
-            self._schedule()
-            return self._maintain(None)
-        if isinstance(message, Maintain):
-            return self._maintain(message)
-        return super().on_receive(message)
+    def handlers(self) -> dict[type, Any]:
+        return {_Tick: self._tick, Maintain: self._maintain}
+
+    def _tick(self, _: _Tick) -> None:
+        self._schedule()
+        self._maintain(None)
 
     def _maintain(self, req: Maintain | None) -> None:
         now = self.clock.now_ms()

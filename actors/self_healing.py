@@ -62,10 +62,7 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
     def terminate(self) -> None:
         if getattr(self, "_timer", None) is not None:
             self._timer.cancel()
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self.close_reader()
 
     def _schedule(self) -> None:
         ref = self.actor_ref
@@ -76,12 +73,8 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
 
         self._timer = self.services.timers.call_later(self.thresholds.loop_interval_ms / 1000, tick)
 
-    def on_receive(self, message: Any) -> Any:
-        if self.on_write_message(message):
-            return None
-        if message is _LOOP:
-            return self._loop()
-        return super().on_receive(message)
+    def handlers(self) -> dict[type, Any]:
+        return {_Loop: lambda _: self._loop()}
 
     def run_once(self) -> int:
         """One loop now (for tests and the doctor); returns the loops done so far."""

@@ -57,8 +57,11 @@ def replying(req: Any, apply: Callable[[], Any]) -> Callable[[Write], None]:
 
 
 class AsyncJournalWrites:
-    """Mixin for Supervised actors. Call :meth:`write_async` and route ``Committed`` /
-    ``Redispatch`` messages to :meth:`on_write_message` from ``on_receive``."""
+    """Mixin for Supervised actors that write without blocking.
+
+    Declare the messages an actor handles in :meth:`handlers`; the pipeline's own
+    messages (``Committed``/``Redispatch``) are routed here first.
+    """
 
     services: Any
     actor_ref: Any
@@ -94,6 +97,28 @@ class AsyncJournalWrites:
         for caller in getattr(self, "_callers", {}).values():
             caller.fail(pykka.ActorDeadError("actor stopped before finishing the request"))
         self._callers = {}
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        """Message type -> handler, for :meth:`on_receive` (built once per incarnation)."""
+        return {}
+
+    def on_receive(self, message: Any) -> Any:
+        if self.on_write_message(message):
+            return None
+        table = getattr(self, "_handlers", None)
+        if table is None:
+            table = self._handlers = self.handlers()
+        handler = table.get(type(message))
+        if handler is None:
+            return super().on_receive(message)  # type: ignore[misc]
+        return handler(message)
+
+    def close_reader(self) -> None:
+        """Close ``self.conn`` (the actor's reader connection) if it is open."""
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            self.conn = None
+            conn.close()
 
     def on_write_message(self, message: Any) -> bool:
         """Handle the pipeline's own messages; False if ``message`` is something else."""
