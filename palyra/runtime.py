@@ -54,6 +54,7 @@ from palyra.background.store import TaskQueries
 from palyra.background.tasks import BackgroundTask
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.config import Config
+from palyra.diagnostics import collect as collect_diagnostics
 from palyra.errors import NotFound, RuntimeStopped
 from palyra.governance import BudgetPolicy, PricingRecord, UsageScope
 from palyra.governance.store import GovernanceQueries
@@ -337,6 +338,12 @@ class Runtime:
 
     def supervision_events(self) -> list[SupervisionEvent]:
         return list(self._recorder.pending)
+
+    def diagnostics(self, deadline: float = 1.0) -> dict[str, Any]:
+        """One redacted snapshot of every subsystem, returned within ``deadline`` seconds
+        plus the reads; a hung actor is named under ``supervision.unresponsive``."""
+        self._check_running()
+        return collect_diagnostics(self, deadline)
 
     # -- runs -------------------------------------------------------------------------
 

@@ -33,8 +33,13 @@ class Chaos:
         """Raise an exception inside the actor, in mailbox order."""
         self._ref(name).tell(Crash())
 
-    def hang(self, name: str, seconds: float) -> None:
-        """Block the actor's thread for ``seconds`` at the next message boundary."""
+    def hang(self, name: str, seconds: float, *, wait: float = 0.0) -> bool:
+        """Block the actor's thread for ``seconds`` at the next message boundary.
+
+        With ``wait`` > 0, return once the thread is stuck (True) or ``wait`` passed (False).
+        """
         if seconds <= 0:
             raise ValueError("seconds must be positive")
-        send_first(self._ref(name), Hang(seconds))
+        hang = Hang(seconds)
+        send_first(self._ref(name), hang)
+        return hang.entered.wait(wait) if wait > 0 else False

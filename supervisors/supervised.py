@@ -46,6 +46,7 @@ class Crash:
 class Hang:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.entered = threading.Event()  # lets chaos wait until the thread is stuck
 
 
 class Killed(Exception):
@@ -242,6 +243,7 @@ class Supervised(pykka.ThreadingActor):
         if isinstance(message, Crash):
             raise ChaosCrash(f"{self.name} crashed on purpose")
         if isinstance(message, Hang):
+            message.entered.set()
             self._hang_release.wait(message.seconds)
             return None
         return super()._handle_receive(message)
