@@ -162,6 +162,11 @@ async def status(call: Call) -> Any:
     })
 
 
+async def diagnostics(call: Call) -> Any:
+    deadline = min(call.query["deadline_ms"], 10_000) / 1000
+    return respond(await call.pool.run(lambda: call.rt.diagnostics(deadline)))
+
+
 async def metrics(call: Call) -> Any:
     s = call.surface
     return Response(await s.metrics.render(s.pool), 200, content_type=PROMETHEUS)
@@ -464,6 +469,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/v1/status", status, "Runtime, actors with restart counts, journal head",
           A, "Status", query=(Param("verify", "boolean", default=False,
                                     description="also recompute the hash chain (slow)"),)),
+    Route("GET", "/console/v1/diagnostics", diagnostics,
+          "One redacted snapshot of every subsystem; hung actors are named, not waited for",
+          A, "Diagnostics", query=(Param("deadline_ms", "integer", default=1000, minimum=10,
+                                         description="how long actor probes may take (max 10000)"),)),
     Route("POST", "/admin/v1/runs", create_run, "Send a message: start a run", "runs",
           "RunAccepted", status=202, body=CREATE_RUN, errors=(404, 409, 413, 503),
           headers=(Param(IDEMPOTENCY_HEADER, description="same key, same run"),)),
@@ -559,6 +568,10 @@ def schemas() -> dict[str, Any]:
                        "actors": {"type": "array", "items": obj_any},
                        "restarts_total": {"type": "integer"}, "journal": obj_any,
                        "http": obj_any}),
+        "Diagnostics": obj({"generated_at_unix_ms": {"type": "integer"}, "supervision": obj_any,
+                            "journal": obj_any, "runs": obj_any, "background": obj_any,
+                            "incidents": obj_any, "provider": obj_any, "config": obj_any},
+                           required=["supervision", "journal"]),
         "RunAccepted": obj({"run_id": {"type": "string"}, "session_id": {"type": "string"},
                             "session_created": {"type": "boolean"}},
                            required=["run_id", "session_id", "session_created"]),

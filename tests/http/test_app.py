@@ -197,3 +197,13 @@ async def test_responses_close_their_connection_once_shutdown_began(api):
     assert (await api.get("/livez")).headers["Connection"] == "close"
     assert (await api.get("/healthz", auth=False)).headers["Connection"] == "close"
     assert (await api.get("/livez", auth=False)).headers["Connection"] == "close"
+
+
+async def test_diagnostics_snapshot_and_its_bad_input(api):
+    reply = await api.get("/console/v1/diagnostics", query={"deadline_ms": "200"})
+    assert reply.status == 200, reply
+    assert reply.json["supervision"]["unresponsive"] == []
+    assert {"journal", "gateway"} <= {a["name"] for a in reply.json["supervision"]["actors"]}
+    assert reply.json["journal"]["events"] >= 1
+    bad = await api.get("/console/v1/diagnostics", query={"deadline_ms": "nope"})
+    assert bad.status == 400 and "deadline_ms" in str(bad.json["error"])
