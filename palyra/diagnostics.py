@@ -21,12 +21,19 @@ import pykka
 from palyra.healing.store import HealingQueries
 from palyra.journal.store import db_path
 from palyra.redaction import redact_diagnostics
+from supervisors.names import Address
 from supervisors.supervised import PING, send_first
 
 if TYPE_CHECKING:
     from palyra.runtime import Runtime
 
 DEFAULT_DEADLINE = 1.0
+
+# Sections an actor contributes from its memory: (actor name, method answering a dict).
+CONTRIBUTIONS: dict[str, tuple[str, str]] = {
+    "learning": ("learning", "stats"),
+    "budgets_reserved": ("budget", "reserved"),
+}
 
 
 def config_fingerprint(config: Any) -> str:
@@ -35,31 +42,62 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def probe_actors(rt: Runtime, deadline: float) -> list[dict[str, Any]]:
-    """Every supervised actor's table row plus ``status``: responsive/unresponsive/down."""
-    rows = rt.actors()
-    futures: dict[str, pykka.Future[Any] | None] = {}
+def _outcome(future: pykka.Future[Any] | Exception | None, until: float) -> tuple[str, Any]:
+    """("ok", value) | ("unresponsive", None) | ("down", error name) within ``until``."""
+    if future is None:
+        return "down", None
+    if isinstance(future, Exception):
+        return "down", type(future).__name__
+    try:
+        return "ok", future.get(timeout=max(0.0, until - time.monotonic()))
+    except pykka.Timeout:
+        return "unresponsive", None
+    except Exception as exc:  # noqa: BLE001 - a dead actor answers with its error
+        return "down", type(exc).__name__
+
+
+def _ask(rt: Runtime, actor: str, method: str) -> pykka.Future[Any] | Exception:
+    try:  # retry_for=0: a restarting actor is reported, not waited for
+        return Address(rt.services.names, actor, retry_for=0).call_future(method)
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        return exc
+
+
+def gather(rt: Runtime, until: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Probe every actor and ask every contributor at once, then collect by ``until``.
+
+    Rows gain ``status``: responsive/unresponsive/down. Probes use the supervisor's own
+    ``Ping``, delivered ahead of any backlog, so a busy actor is not mistaken for a hung one.
+    """
     started = time.monotonic()
+    rows = rt.actors()
+    probes = {}
     for row in rows:
         ref = rt.services.names.get(row["name"])
-        futures[row["name"]] = send_first(ref, PING) if ref is not None and ref.is_alive() else None
-    until = started + deadline
+        probes[row["name"]] = send_first(ref, PING) if ref is not None and ref.is_alive() else None
+    asks = {section: _ask(rt, actor, method) for section, (actor, method) in CONTRIBUTIONS.items()}
     for row in rows:
-        future = futures[row["name"]]
-        if future is None:
-            row["status"] = "down"
-            continue
-        try:
-            future.get(timeout=max(0.0, until - time.monotonic()))
-        except pykka.Timeout:
-            row["status"] = "unresponsive"
-        except Exception as exc:  # noqa: BLE001 - a dead actor answers with its error
-            row["status"] = "down"
-            row["probe_error"] = type(exc).__name__
-        else:
-            row["status"] = "responsive"
+        outcome, detail = _outcome(probes[row["name"]], until)
+        row["status"] = "responsive" if outcome == "ok" else outcome
+        if outcome == "ok":
             row["probe_ms"] = round((time.monotonic() - started) * 1000, 3)
-    return rows
+        elif detail:
+            row["probe_error"] = detail
+    contributed: dict[str, Any] = {}
+    for section, future in asks.items():
+        outcome, value = _outcome(future, until)
+        contributed[section] = value if outcome == "ok" else {
+            "error": outcome, "actor": CONTRIBUTIONS[section][0], "detail": value}
+    return rows, contributed
+
+
+def recent_routing(rt: Runtime, limit: int = 10) -> list[dict[str, Any]]:
+    conn = rt.services.readers.conn()
+    return [{"decision_id": d, "run_id": r, "actual_model_id": m, "budget_outcome": o,
+             "created_at_unix_ms": t}
+            for d, r, m, o, t in conn.execute(
+                "SELECT decision_id, run_id, actual_model_id, budget_outcome, created_at_unix_ms"
+                " FROM usage_routing_decisions ORDER BY created_at_unix_ms DESC LIMIT ?", (limit,))]
 
 
 def _file_size(path: Any) -> int:
@@ -97,7 +135,7 @@ def runs_section(rt: Runtime) -> dict[str, Any]:
 
 def collect(rt: Runtime, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
     started = time.monotonic()
-    actors = probe_actors(rt, deadline)
+    actors, contributed = gather(rt, started + deadline)
     snapshot: dict[str, Any] = {
         "generated_at_unix_ms": rt.clock.now_ms(),
         "deadline_ms": int(deadline * 1000),
@@ -111,7 +149,12 @@ def collect(rt: Runtime, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
         "runs": runs_section(rt),
         "background": {"by_state": background_section(rt)},
         "incidents": HealingQueries(rt.services.readers.conn()).summary(),
-        "provider": {"kind": rt.config.provider.kind, "options": dict(rt.config.provider.options)},
+        "provider": {"kind": rt.config.provider.kind, "options": dict(rt.config.provider.options),
+                     "status": rt.services.provider.status_snapshot()},
+        "governance": {"routing_mode": rt.config.governance.routing_mode,
+                       "recent_routing": recent_routing(rt),
+                       "reserved": contributed["budgets_reserved"]},
+        "learning": contributed["learning"],
         "config": {"fingerprint": config_fingerprint(rt.config)},
     }
     snapshot["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)

@@ -25,6 +25,10 @@ def test_snapshot_names_a_hung_actor_and_still_returns_within_its_deadline(tmp_p
         assert statuses["journal"] == statuses["gateway"] == "responsive"
         assert snap["journal"]["events"] > 0 and len(snap["journal"]["chain_head"]) == 64
         assert snap["runs"]["by_state"].get("done", 0) == 1
+        assert snap["learning"]["error"] == "unresponsive"  # its section, not the snapshot, is lost
+        assert isinstance(snap["governance"]["reserved"], dict)
+        assert "error" not in snap["governance"]["reserved"]
+        assert snap["governance"]["recent_routing"][0]["budget_outcome"]
         orjson.dumps(snap)  # one JSON document
 
         deadline = time.monotonic() + 10
@@ -32,6 +36,7 @@ def test_snapshot_names_a_hung_actor_and_still_returns_within_its_deadline(tmp_p
             assert time.monotonic() < deadline
             snap = rt.diagnostics(deadline=0.5)
         assert {a["status"] for a in snap["supervision"]["actors"]} == {"responsive"}
+        assert "error" not in snap["learning"]
     finally:
         rt.stop()
 
