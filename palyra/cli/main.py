@@ -184,6 +184,24 @@ def cmd_status(args: argparse.Namespace, d: Daemon) -> int:
     return EXIT_FAILED if down else EXIT_OK
 
 
+def cmd_diagnostics(args: argparse.Namespace, d: Daemon) -> int:
+    data = d.call("GET", "/console/v1/diagnostics", params={"deadline_ms": args.deadline_ms})
+    sup, journal = data["supervision"], data["journal"]
+    lines = [
+        f"actors: {len(sup['actors'])}, unresponsive: {', '.join(sup['unresponsive']) or 'none'}, "
+        f"down: {', '.join(sup['down']) or 'none'}",
+        f"journal: {journal['events']} events, {journal['size_bytes']} B + WAL "
+        f"{journal['wal_size_bytes']} B, head {str(journal['chain_head'])[:16]}",
+        f"runs: {data['runs']['by_state']}, background: {data['background']['by_state']}",
+        f"incidents: {data['incidents']['active']} active, {data['incidents']['resolved']} resolved",
+        f"provider: {data['provider']['kind']} circuit "
+        f"{data['provider']['status'].get('circuit', {}).get('state')}",
+        f"config fingerprint {data['config']['fingerprint'][:16]}, took {data['elapsed_ms']} ms",
+    ]
+    _print(data, args.json, "\n".join(lines))
+    return EXIT_FAILED if sup["unresponsive"] or sup["down"] else EXIT_OK
+
+
 def _event_line(event: dict[str, Any]) -> str:
     payload = event.get("payload") or {}
     seq = "" if event.get("seq") is None else event["seq"]
@@ -337,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     recent.add_argument("--kind")
 
     leaf(sub, "status", "daemon, actors and journal head", cmd_status)
+    p = leaf(sub, "diagnostics", "one redacted snapshot of every subsystem", cmd_diagnostics)
+    p.add_argument("--deadline-ms", type=int, default=1000, help="how long actor probes may take")
     send = leaf(sub, "send", "send a message (start a run)", cmd_send)
     send.add_argument("text")
     send.add_argument("--session", help="session key")

@@ -76,6 +76,11 @@ def test_palyrad_serves_refuses_a_second_daemon_and_stops_on_sigterm(tmp_path, c
         assert cli.main([*base, "runs", "show", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]) == 1
         assert cli.main([*base, "approvals", "list", "--json"]) == 0
         assert cli.main([*base, "usage", "summary"]) == 0
+        capsys.readouterr()
+        assert cli.main([*base, "diagnostics"]) == 0
+        assert "unresponsive: none" in capsys.readouterr().out
+        assert cli.main([*base, "diagnostics", "--json"]) == 0
+        assert orjson.loads(capsys.readouterr().out)["runs"]["by_state"]["done"] == 3
         assert cli.main([*base, "--token", "wrong", "status"]) == 1
         assert cli.main(["--url", "http://127.0.0.1:9", "--token", "x", "status"]) == 3
         assert cli.main([*base, "runs"]) == 2
