@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from palyra.errors import InvalidInput
 from palyra.journal.store import Reader, db_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -66,6 +67,26 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
     )
     _print(data, _opt(args, "json", False), human)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from palyra.cli.doctor import run_doctor
+
+    try:
+        report = run_doctor(_state_dir(args), config_path=args.config, only=args.only,
+                            skip=args.skip, repair=args.repair or args.dry_run, dry_run=args.dry_run)
+    except InvalidInput as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    marks = {True: "ok  ", False: "FAIL"}
+    lines = [f"doctor ({report['mode']}) on {report['state_dir']}"]
+    for c in report["checks"]:
+        mark = "FIXED" if c.get("repaired") else marks[c["ok"]]
+        lines.append(f"  {mark:<5} {c['id']:<18} {c['message']}")
+        if not c["ok"] and not c.get("repaired") and c["fix_hint"]:
+            lines.append(f"        fix: {c['fix_hint']}")
+        lines += [f"        {'would' if args.dry_run else 'did'}: {a}" for a in c.get("repair_actions", [])]
+    _print(report, _opt(args, "json", False), "\n".join(lines))
+    return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
 def cmd_journal_recent(args: argparse.Namespace) -> int:
@@ -354,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     recent.add_argument("--limit", type=int, default=20)
     recent.add_argument("--kind")
 
+    p = leaf(sub, "doctor", "check the state directory (works with the daemon down)", cmd_doctor,
+             remote=False)
+    p.add_argument("--config", help="palyra.toml to validate")
+    p.add_argument("--repair", action="store_true", help="apply the safe repairs")
+    p.add_argument("--dry-run", action="store_true", help="show the repairs without applying them")
+    p.add_argument("--only", action="append", metavar="ID", help="run only this check (repeatable)")
+    p.add_argument("--skip", action="append", metavar="ID", help="skip this check (repeatable)")
     leaf(sub, "status", "daemon, actors and journal head", cmd_status)
     p = leaf(sub, "diagnostics", "one redacted snapshot of every subsystem", cmd_diagnostics)
     p.add_argument("--deadline-ms", type=int, default=1000, help="how long actor probes may take")
@@ -408,10 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     args.json = _opt(args, "json", False)
-    if not args.remote:
-        return int(args.func(args))
     daemon: Daemon | None = None
     try:
+        if not args.remote:
+            return int(args.func(args))
         daemon = _daemon(args)
         return int(args.func(args, daemon))
     except CliError as exc:

@@ -462,6 +462,13 @@ class Reader:
     def __init__(self, state_dir: str | os.PathLike[str], settings: JournalSettings = JournalSettings()) -> None:
         self.conn = connect(state_dir, settings)
 
+    @classmethod
+    def inspect(cls, journal_file: str | os.PathLike[str]) -> Reader:
+        """Read-only, touching nothing around the file (no chmod, no create): for the doctor."""
+        reader = cls.__new__(cls)
+        reader.conn = apsw.Connection(str(journal_file), flags=apsw.SQLITE_OPEN_READONLY)
+        return reader
+
     def close(self) -> None:
         self.conn.close()
 
