@@ -41,6 +41,7 @@ class Finding:
 class Doctor:
     state_dir: Path
     config_path: str | None = None
+    wal_warn_bytes: int = WAL_WARN_BYTES
 
     @property
     def journal(self) -> Path:
@@ -123,7 +124,7 @@ class Doctor:
     def check_wal(self) -> Finding:
         wal = Path(str(self.journal) + "-wal")
         size = wal.stat().st_size if wal.exists() else 0
-        ok = size <= WAL_WARN_BYTES
+        ok = size <= self.wal_warn_bytes
         return Finding("wal_size", "warning", ok, f"WAL is {size} bytes",
                        "" if ok else "checkpoint and truncate it (palyra doctor --repair, daemon stopped)",
                        repairable=not ok)
@@ -184,8 +185,9 @@ class Doctor:
 
 def run_doctor(state_dir: str | os.PathLike[str], *, config_path: str | None = None,
                only: list[str] | None = None, skip: list[str] | None = None,
-               repair: bool = False, dry_run: bool = False) -> dict[str, Any]:
-    doctor = Doctor(Path(state_dir), config_path)
+               repair: bool = False, dry_run: bool = False,
+               wal_warn_bytes: int = WAL_WARN_BYTES) -> dict[str, Any]:
+    doctor = Doctor(Path(state_dir), config_path, wal_warn_bytes)
     unknown = sorted((set(only or []) | set(skip or [])) - set(doctor.checks()))
     if unknown:
         raise InvalidInput(f"unknown check id(s): {', '.join(unknown)}; known: {', '.join(doctor.checks())}",

@@ -92,3 +92,22 @@ def test_a_held_lock_is_named_and_unknown_ids_are_usage_errors(capsys, state):
         rt.stop()
     assert cli.main(["doctor", "--state-dir", str(state), "--only", "nope"]) == 2
     assert "unknown check id(s): nope" in capsys.readouterr().err
+
+
+def test_a_large_wal_is_checkpointed_and_truncated(state):
+    from palyra.cli.doctor import run_doctor
+
+    holder = apsw.Connection(str(state / "journal.sqlite3"))  # keeps the WAL from being cleaned up
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint=0")
+        holder.execute("CREATE TABLE scratch (x BLOB)")
+        holder.execute("INSERT INTO scratch VALUES (zeroblob(200000))")
+        wal = state / "journal.sqlite3-wal"
+        assert wal.stat().st_size > 100_000
+        report = run_doctor(state, only=["wal_size"], wal_warn_bytes=100_000)
+        assert report["warnings"] == ["wal_size"]
+        report = run_doctor(state, only=["wal_size"], wal_warn_bytes=100_000, repair=True)
+        assert report["checks"][0]["repaired"] is True and report["warnings"] == []
+        assert wal.stat().st_size == 0
+    finally:
+        holder.close()
