@@ -42,6 +42,7 @@ class Doctor:
     state_dir: Path
     config_path: str | None = None
     wal_warn_bytes: int = WAL_WARN_BYTES
+    url: str | None = None  # the daemon's HTTP address, probed when a runtime holds the lock
 
     @property
     def journal(self) -> Path:
@@ -135,6 +136,23 @@ class Doctor:
             return Finding("state_lock", "warning", True, "no runtime holds the state directory")
         return Finding("state_lock", "warning", True, f"a runtime (pid {pid}) holds the state directory")
 
+    def check_daemon(self) -> Finding:
+        pid = self.daemon_pid()
+        if pid is None or not self.url:
+            return Finding("daemon_reachable", "warning", True,
+                           "no runtime is running" if pid is None else "no daemon URL to probe")
+        import httpx
+
+        try:
+            reply = httpx.get(self.url.rstrip("/") + "/healthz", timeout=2.0)
+            ok, detail = reply.status_code == 200, f"HTTP {reply.status_code}"
+        except httpx.HTTPError as exc:
+            ok, detail = False, type(exc).__name__
+        return Finding("daemon_reachable", "warning", ok,
+                       f"runtime pid {pid}; {self.url} /healthz: {detail}",
+                       "" if ok else "the lock holder may be an embedded runtime, or the daemon is hung:"
+                                     " check its log, or pass --url")
+
     def check_admin_token(self) -> Finding:
         ok = (self.state_dir / "admin.token").exists() or bool(os.environ.get("PALYRA_ADMIN_TOKEN"))
         return Finding("admin_token", "warning", ok, "admin token present" if ok else "no admin token",
@@ -156,7 +174,8 @@ class Doctor:
             "config": self.check_config, "permissions": self.check_permissions,
             "journal_integrity": self.check_journal, "journal_chain": self.check_chain,
             "migrations": self.check_migrations, "wal_size": self.check_wal,
-            "state_lock": self.check_lock, "admin_token": self.check_admin_token,
+            "state_lock": self.check_lock, "daemon_reachable": self.check_daemon,
+            "admin_token": self.check_admin_token,
             "stuck_runs": self.check_stuck_runs,
         }
 
@@ -186,8 +205,8 @@ class Doctor:
 def run_doctor(state_dir: str | os.PathLike[str], *, config_path: str | None = None,
                only: list[str] | None = None, skip: list[str] | None = None,
                repair: bool = False, dry_run: bool = False,
-               wal_warn_bytes: int = WAL_WARN_BYTES) -> dict[str, Any]:
-    doctor = Doctor(Path(state_dir), config_path, wal_warn_bytes)
+               wal_warn_bytes: int = WAL_WARN_BYTES, url: str | None = None) -> dict[str, Any]:
+    doctor = Doctor(Path(state_dir), config_path, wal_warn_bytes, url)
     unknown = sorted((set(only or []) | set(skip or [])) - set(doctor.checks()))
     if unknown:
         raise InvalidInput(f"unknown check id(s): {', '.join(unknown)}; known: {', '.join(doctor.checks())}",

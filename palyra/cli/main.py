@@ -74,7 +74,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     try:
         report = run_doctor(_state_dir(args), config_path=args.config, only=args.only,
-                            skip=args.skip, repair=args.repair or args.dry_run, dry_run=args.dry_run)
+                            skip=args.skip, repair=args.repair or args.dry_run, dry_run=args.dry_run,
+                            url=_opt(args, "url") or os.environ.get("PALYRA_URL", DEFAULT_URL))
     except InvalidInput as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     marks = {True: "ok  ", False: "FAIL"}

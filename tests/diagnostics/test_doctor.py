@@ -44,7 +44,7 @@ def test_a_healthy_install_passes_every_check(capsys, state):
     rc, report = doctor(capsys, state)
     assert rc == 0 and report["ok"] and report["mode"] == "diagnostics"
     assert [c["id"] for c in report["checks"] if not c["ok"]] == []
-    assert len(report["checks"]) == 9
+    assert len(report["checks"]) == 10
 
 
 def test_loose_permissions_are_named_previewed_and_repaired(capsys, state):

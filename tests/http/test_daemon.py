@@ -81,6 +81,11 @@ def test_palyrad_serves_refuses_a_second_daemon_and_stops_on_sigterm(tmp_path, c
         assert "unresponsive: none" in capsys.readouterr().out
         assert cli.main([*base, "diagnostics", "--json"]) == 0
         assert orjson.loads(capsys.readouterr().out)["runs"]["by_state"]["done"] == 3
+        assert cli.main([*base, "doctor", "--json", "--only", "daemon_reachable"]) == 0
+        assert "HTTP 200" in orjson.loads(capsys.readouterr().out)["checks"][0]["message"]
+        dead = ["--url", "http://127.0.0.1:9", "--state-dir", str(state)]
+        assert cli.main([*dead, "doctor", "--json", "--only", "daemon_reachable"]) == 0  # a warning
+        assert orjson.loads(capsys.readouterr().out)["warnings"] == ["daemon_reachable"]
         assert cli.main([*base, "--token", "wrong", "status"]) == 1
         assert cli.main(["--url", "http://127.0.0.1:9", "--token", "x", "status"]) == 3
         assert cli.main([*base, "runs"]) == 2
