@@ -184,11 +184,11 @@ class Doctor:
     def repair(self, finding: Finding, *, dry_run: bool) -> list[str]:
         """Apply (or with ``dry_run`` describe) the repair of a failed finding."""
         if finding.id == "permissions":
-            actions = [f"chmod {oct(mode)} {path}" for path, mode in self._loose_files()]
+            loose = self._loose_files()
             if not dry_run:
-                for path, mode in self._loose_files():
+                for path, mode in loose:
                     path.chmod(mode)
-            return actions
+            return [f"chmod {oct(mode)} {path}" for path, mode in loose]
         if finding.id == "wal_size":
             if self.daemon_pid() is not None:
                 return ["skipped: a runtime holds the state directory; stop it first"]
@@ -223,10 +223,9 @@ def run_doctor(state_dir: str | os.PathLike[str], *, config_path: str | None = N
                 after = check()
                 entry.update(repaired=after.ok, message_after=after.message)
         results.append(entry)
-    blocking = [r["id"] for r in results
-                if not r["ok"] and not r.get("repaired") and r["severity"] == "blocking"]
-    warnings = [r["id"] for r in results
-                if not r["ok"] and not r.get("repaired") and r["severity"] == "warning"]
+    unresolved = [r for r in results if not r["ok"] and not r.get("repaired")]
+    blocking = [r["id"] for r in unresolved if r["severity"] == "blocking"]
+    warnings = [r["id"] for r in unresolved if r["severity"] == "warning"]
     return {"state_dir": str(state_dir), "mode": ("repair_preview" if dry_run else "repair_apply")
             if repair else "diagnostics", "checks": results, "blocking": blocking, "warnings": warnings,
             "ok": not blocking}

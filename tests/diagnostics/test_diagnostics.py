@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 
 import palyra
 
@@ -60,9 +61,5 @@ def test_snapshot_keeps_secrets_out_and_fingerprints_the_config(tmp_path):
 def test_snapshot_of_a_stopped_runtime_is_a_clear_error(tmp_path):
     rt = palyra.Runtime.start(tmp_path / "state")
     rt.stop()
-    try:
+    with pytest.raises(palyra.RuntimeStopped):
         rt.diagnostics()
-    except palyra.RuntimeStopped:
-        pass
-    else:
-        raise AssertionError("diagnostics on a stopped runtime must raise RuntimeStopped")
