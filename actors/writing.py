@@ -72,9 +72,6 @@ class AsyncJournalWrites:
                     caller: Any = None) -> None:
         """``caller`` (a Request waiting on this write) is failed as never handled if
         this incarnation stops first, so it is re-sent to the next one."""
-        if not hasattr(self, "_continuations"):
-            self._continuations = {}
-            self._callers = {}
         write = Write(tuple(ops))
         ref = self.actor_ref
 
@@ -86,10 +83,19 @@ class AsyncJournalWrites:
 
         write.on_done = committed
         write.caller = caller
-        self._continuations[id(write)] = (write, then)
+        self._pending()[id(write)] = (write, then)
         if caller is not None:
             self._callers[id(write)] = caller
         self._dispatch(write)
+
+    def _pending(self) -> dict[int, tuple[Write, Callable[[Write], None]]]:
+        """This incarnation's writes in flight (created on first use: the mixin has no
+        ``__init__``). A commit handed over from a previous incarnation may arrive
+        before this one has written anything, so every reader goes through here."""
+        if not hasattr(self, "_continuations"):
+            self._continuations = {}
+            self._callers = {}
+        return self._continuations
 
     def fail_waiting_callers(self) -> None:
         """Call from ``terminate``: requests whose write outcome this incarnation will
@@ -146,7 +152,7 @@ class AsyncJournalWrites:
         self.services.timers.call_later(0.005, redispatch)
 
     def _committed(self, write: Write) -> None:
-        entry = self._continuations.get(id(write))
+        entry = self._pending().get(id(write))
         if entry is None or entry[0] is not write:
             # Started by an incarnation that is gone (this commit was handed over to us):
             # its continuation is lost, so let the waiting caller retry idempotently.
