@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from pykka._envelope import Envelope
@@ -73,7 +74,11 @@ class JournalActor(Supervised):
             return super().on_receive(message)
         queued = [e.message for e in self.take_queued(_is_write, self.settings.max_batch - 1)]
         batch = [message, *queued]
+        started = time.perf_counter()
         outcomes = self.writer.apply([w.ops for w in batch])
+        self.services.counters.committed(
+            self.writer.observed, seconds=time.perf_counter() - started, writes=len(outcomes),
+            errors=[o.error for o in outcomes if o.error is not None])
         self.batches += 1
         self.writes += len(outcomes)
         for write, outcome in zip(batch, outcomes, strict=True):

@@ -37,6 +37,9 @@ class MemoryActor(AsyncJournalWrites, Supervised):
         self.policy = RetentionPolicy(cfg.retention_max_entries, cfg.retention_max_bytes,
                                       cfg.retention_ttl_days)
         self.passes = 0
+        self.last_run_unix_ms: int | None = None
+        self.last_result: Any = None  # what the last pass did, or its error
+        self.next_run_unix_ms: int | None = None
         self._timer: Any = None
         self._schedule()
 
@@ -47,6 +50,7 @@ class MemoryActor(AsyncJournalWrites, Supervised):
 
     def _schedule(self) -> None:
         ref = self.actor_ref
+        self.next_run_unix_ms = self.clock.now_ms() + int(self.interval * 1000)
         self._timer = self.services.timers.call_later(
             self.interval, lambda: ref.tell(_Tick()) if ref.is_alive() else None)
 
@@ -65,11 +69,19 @@ class MemoryActor(AsyncJournalWrites, Supervised):
             expired, retention, backfill = (op(txn) for op in ops)
             return {"expired": expired, "retention": repr(retention), "backfill": repr(backfill)}
 
-        def report() -> dict[str, Any]:
+        def done(write: Any) -> None:
             self.passes += 1
-            return {"pass": self.passes}
+            self.last_run_unix_ms = now
+            self.last_result = ({"error": type(write.error).__name__} if write.error is not None
+                                else write.value)
+            log.debug("memory maintenance: %s", self.last_result)
+            if req is not None:
+                replying(req, lambda: {"pass": self.passes})(write)
 
-        if req is None:
-            self.write_async([collect], lambda w: log.debug("memory maintenance: %s", w.value))
-        else:
-            self.write_async([collect], replying(req, lambda: {**report()}), caller=req)
+        self.write_async([collect], done, caller=req)
+
+    def stats(self) -> dict[str, Any]:
+        """Maintenance state for diagnostics."""
+        return {"interval_ms": int(self.interval * 1000), "passes": self.passes,
+                "last_run_unix_ms": self.last_run_unix_ms, "last_result": self.last_result,
+                "next_run_unix_ms": self.next_run_unix_ms}

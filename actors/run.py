@@ -46,6 +46,7 @@ from palyra.governance import store as gstore
 from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
 from palyra.memory import MemoryQueries, augment_prompt, auto_inject_payload
+from palyra.observability import classify_provider_error
 from palyra.orchestrator import loop, store
 from palyra.orchestrator.approvals import (
     approval_prompt,
@@ -217,6 +218,7 @@ class RunActor(Supervised):
         self.reserved_any = False
         self._resumed = False
         self.cost_micro_usd = 0
+        self.failure_class: str | None = None  # set when a provider error ends the run
         self.model_id: str | None = None
         self.provider_id: str | None = None
         self._pending: list[Any] = []  # TapeDrafts and ops not yet sent
@@ -532,6 +534,8 @@ class RunActor(Supervised):
             if isinstance(msg.error, ProviderCancelled):
                 return  # a cancel is already being handled
             text = msg.error.message if isinstance(msg.error, PalyraError) else repr(msg.error)
+            self.failure_class = classify_provider_error(
+                msg.error.details if isinstance(msg.error, PalyraError) else None)
             self._tape("agent_loop.terminated", {"reason": loop.PROVIDER_ERROR})
             return self._finish(FAILED, loop.PROVIDER_ERROR, error=f"provider error: {redact_message(text)}",
                                 terminated=True)
@@ -926,7 +930,8 @@ class RunActor(Supervised):
         self._op(store.set_run_terminal(self.run_id, state, now_ms=now, usage=self.usage,
                                         last_error=error, termination_reason=reason, reply_text=reply))
         self._op(store.lifecycle(self.run_id, self.session.session_id, previous, state, now_ms=now,
-                                 reason=error or f"run.state.{state}"))
+                                 reason=error or f"run.state.{state}", termination_reason=reason,
+                                 failure_class=self.failure_class if state == FAILED else None))
         payload = {
             "kind": state,
             "message": {DONE: "completed", FAILED: error, CANCELLED: error}[state],

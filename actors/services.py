@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from palyra.config import Config
+from palyra.observability import RuntimeCounters
 from palyra.orchestrator.approvals import ApprovalCache
 from supervisors.services import Services
 
@@ -23,6 +24,7 @@ class RuntimeServices(Services):
     policy: Any = None  # actors.policy.PolicyHolder
     governance: Any = None  # actors.budget.GovernanceHolder
     readers: Any = None  # actors.readers.ThreadReaders
+    counters: RuntimeCounters = dataclasses.field(default_factory=RuntimeCounters)
     approval_cache: ApprovalCache = dataclasses.field(default_factory=ApprovalCache)
     # subject id -> (domain, last beat ms, first beat ms, session id): runs and background
     # tasks beat here; self-healing persists and judges them

@@ -33,7 +33,9 @@ DEFAULT_DEADLINE = 1.0
 CONTRIBUTIONS: dict[str, tuple[str, str]] = {
     "learning": ("learning", "stats"),
     "budgets_reserved": ("budget", "reserved"),
+    "memory_maintenance": ("memory", "stats"),
 }
+RESTART_KINDS = ("actor.restarted", "actor.escalated", "actor.hung", "runtime.started")
 
 
 def config_fingerprint(config: Any) -> str:
@@ -117,7 +119,21 @@ def journal_section(rt: Runtime) -> dict[str, Any]:
         "wal_size_bytes": _file_size(str(path) + "-wal"),
         "events": head[0] if head else 0,
         "chain_head": head[1] if head else None,
+        "last_verify": rt.last_verify,
     }
+
+
+def restart_history(rt: Runtime, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest supervision events from the journal (and any not written yet)."""
+    conn = rt.services.readers.conn()
+    marks = ",".join("?" * len(RESTART_KINDS))
+    rows = conn.execute(
+        f"SELECT seq, kind, timestamp_unix_ms, payload_json FROM journal_events WHERE kind IN ({marks})"
+        " ORDER BY seq DESC LIMIT ?", (*RESTART_KINDS, limit)).fetchall()
+    history = [{"seq": seq, "kind": kind, "timestamp_unix_ms": ts, **orjson.loads(payload)}
+               for seq, kind, ts, payload in reversed(rows)]
+    history += [{"seq": None, **dataclasses.asdict(e)} for e in rt.supervision_events()]
+    return history[-limit:]
 
 
 def background_section(rt: Runtime) -> dict[str, int]:
@@ -143,7 +159,7 @@ def collect(rt: Runtime, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
             "actors": actors,
             "unresponsive": [a["name"] for a in actors if a["status"] == "unresponsive"],
             "down": [a["name"] for a in actors if a["status"] == "down"],
-            "recent_events": [dataclasses.asdict(e) for e in rt.supervision_events()[-50:]],
+            "restart_history": restart_history(rt),
         },
         "journal": journal_section(rt),
         "runs": runs_section(rt),
@@ -155,6 +171,8 @@ def collect(rt: Runtime, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
                        "recent_routing": recent_routing(rt),
                        "reserved": contributed["budgets_reserved"]},
         "learning": contributed["learning"],
+        "memory": {"maintenance": contributed["memory_maintenance"]},
+        "observability": rt.observability(),
         "config": {"fingerprint": config_fingerprint(rt.config)},
     }
     snapshot["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)

@@ -87,6 +87,7 @@ from palyra.memory import (
     ingest_op,
     purge_op,
 )
+from palyra.observability import RuntimeCounters
 from palyra.orchestrator.sessions import Resolution, SessionSelector
 from palyra.orchestrator.store import Queries
 from palyra.policy import PolicyEngine
@@ -168,7 +169,9 @@ class Runtime:
         self.state_dir = state_dir
         self.config = config
         self.clock = clock
-        self.services = RuntimeServices(state_dir=state_dir, config=config, clock=clock)
+        self.last_verify: dict[str, Any] | None = None  # the last verify_journal() outcome
+        self.services = RuntimeServices(state_dir=state_dir, config=config, clock=clock,
+                                        counters=RuntimeCounters(clock))
         self.journal = JournalClient(
             self.services.names, config.journal, clock, retry_for=config.supervision.address_retry_for
         )
@@ -330,7 +333,20 @@ class Runtime:
     def verify_journal(self) -> ChainReport:
         """Recompute the journal's hash chain (and every run tape's) from disk."""
         with Reader(self.state_dir, self.config.journal) as reader:
-            return reader.verify_chain()
+            report = reader.verify_chain()
+        self.last_verify = {"at_unix_ms": self.clock.now_ms(), "ok": report.ok,
+                            "events": report.events, "tapes": report.tapes}
+        return report
+
+    def observability(self) -> dict[str, Any]:
+        """The runtime counters (what ``/metrics`` exports), with the provider's own call
+        totals, the journal commit-latency histogram and the recent-failures ring."""
+        self._check_running()
+        snapshot = self.services.counters.snapshot()
+        totals = self.services.provider.status_snapshot().get("totals") or {}
+        snapshot["counters"]["provider"] = {k: v for k, v in sorted(totals.items())
+                                            if isinstance(v, int | float)}
+        return snapshot
 
     def recent_events(self, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
         with Reader(self.state_dir, self.config.journal) as reader:

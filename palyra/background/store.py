@@ -74,6 +74,11 @@ def _task(row: Sequence[Any]) -> BackgroundTask:
 # --------------------------------------------------------------------------- writes
 
 
+def _note(txn: Txn, task: BackgroundTask) -> None:
+    txn.note("background.task", task_id=task.task_id, session_id=task.session_id, state=task.state,
+             run_id=task.target_run_id, error=task.last_error)
+
+
 def insert_task(task: BackgroundTask) -> Op:
     row = _row(task)
 
@@ -86,6 +91,7 @@ def insert_task(task: BackgroundTask) -> Op:
         except apsw.ConstraintError as exc:
             raise AlreadyExists(f"background task {task.task_id} already exists",
                                 details={"task_id": task.task_id}) from exc
+        _note(txn, task)
 
     return op
 
@@ -125,6 +131,8 @@ def update_task(before: BackgroundTask, after: BackgroundTask) -> Op:
                 details={"task_id": before.task_id, "expected": before.state,
                          "state": current.state},
             )
+        if after.state != before.state:
+            _note(txn, after)
         return after
 
     return op

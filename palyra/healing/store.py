@@ -116,6 +116,7 @@ def save_incident(incident: RuntimeIncidentRecord, *, expected_state: str | None
             row,
         )
         if before is None or before.state != incident.state:
+            txn.note("incident", incident_id=incident.incident_id, state=incident.state)
             entry = history_entry(incident)
             txn.conn.execute(
                 "INSERT INTO runtime_incident_history(incident_id, domain, state, summary,"
@@ -153,6 +154,7 @@ def finish_attempt(attempt: RemediationAttempt) -> Op:
         if txn.conn.changes() == 0:
             raise NotFound(f"no planned remediation attempt {attempt.attempt_id}",
                            details={"attempt_id": attempt.attempt_id})
+        txn.note("remediation", incident_id=attempt.incident_id, outcome=attempt.status)
 
     return op
 

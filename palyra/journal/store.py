@@ -215,6 +215,7 @@ class TapeDraft:
     event_type: str
     payload_json: str
     created_at_unix_ms: int
+    redacted: bool = False
 
     @classmethod
     def build(
@@ -230,14 +231,14 @@ class TapeDraft:
         # model_token payloads carry streamed text under "token": that is content,
         # not a credential (upstream redacted it, quirk 13.2).
         keep = _MODEL_TOKEN_KEEP if event_type == "model_token" else frozenset()
-        payload_json, _ = sanitize_payload(payload, keep)
+        payload_json, redacted = sanitize_payload(payload, keep)
         if len(payload_json) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"tape payload of {event_type} is {len(payload_json)} bytes; "
                 f"the limit is {max_payload_bytes}",
                 details={"payload_kind": "tape", "limit": max_payload_bytes},
             )
-        return cls(run_id, seq, event_type, payload_json, now_ms)
+        return cls(run_id, seq, event_type, payload_json, now_ms, redacted)
 
 
 _MODEL_TOKEN_KEEP = frozenset({"token"})
@@ -267,7 +268,13 @@ _INSERT_EVENT = (
 
 
 class Txn:
-    """What one batch's operations see: the connection and the chain heads."""
+    """What one batch's operations see: the connection and the chain heads.
+
+    ``observed`` lists what the batch wrote (``("event", EventDraft)``,
+    ``("tape", TapeDraft)``) and what operations noted about it (``(name, fields)``
+    via :meth:`note`), so counters move only for work that committed: a rolled-back
+    savepoint drops its part of the list with its rows.
+    """
 
     def __init__(self, conn: apsw.Connection, settings: JournalSettings, clock: Clock) -> None:
         self.conn = conn
@@ -279,6 +286,11 @@ class Txn:
         self.head_seq, self.head_hash = (row[0], row[1]) if row else (0, None)
         self._count: int | None = None
         self._tape_heads: dict[str, tuple[int, str]] = {}
+        self.observed: list[tuple[str, Any]] = []
+
+    def note(self, name: str, **fields: Any) -> None:
+        """Record a fact about this write for observers (counted once committed)."""
+        self.observed.append((name, fields))
 
     def append_event(self, draft: EventDraft) -> AppendResult:
         if self.settings.max_events:
@@ -310,6 +322,7 @@ class Txn:
         self.head_seq, self.head_hash = seq, digest
         if self._count is not None:
             self._count += 1
+        self.observed.append(("event", draft))
         return AppendResult(seq, draft.event_ulid, digest, prev, draft.redacted)
 
     def tape_next_seq(self, run_id: str) -> int:
@@ -349,14 +362,16 @@ class Txn:
              entry.created_at_unix_ms, digest, prev),
         )
         self._tape_heads[entry.run_id] = (entry.seq, digest)
+        self.observed.append(("tape", entry))
         return digest
 
     # savepoint bookkeeping: heads move only when a caller's part commits
     def mark(self) -> tuple[Any, ...]:
-        return (self.head_seq, self.head_hash, self._count)
+        return (self.head_seq, self.head_hash, self._count, len(self.observed))
 
     def restore(self, mark: tuple[Any, ...]) -> None:
-        self.head_seq, self.head_hash, self._count = mark
+        self.head_seq, self.head_hash, self._count, observed = mark
+        del self.observed[observed:]
         self._tape_heads.clear()  # re-read from the database on next use
 
 
@@ -379,6 +394,7 @@ class Writer:
         self.conn = conn
         self.settings = settings
         self.clock = clock
+        self.observed: list[tuple[str, Any]] = []  # what the last committed batch wrote
 
     def apply(self, batch: Sequence[Sequence[Operation]]) -> list[Outcome]:
         """Apply every caller's operations in one transaction; one outcome per caller.
@@ -389,6 +405,7 @@ class Writer:
         Operations are pure functions of the transaction, so replaying is safe.
         If the commit itself fails, every caller fails with a JournalError.
         """
+        self.observed = []
         try:
             outcomes = self._run(batch, isolate=False)
             if outcomes is None:
@@ -427,6 +444,7 @@ class Writer:
                 conn.execute("RELEASE caller")
             outcomes.append(Outcome(True, value))
         conn.execute("COMMIT")
+        self.observed = txn.observed
         return outcomes
 
 

@@ -111,8 +111,12 @@ def lifecycle(
     actor_kind: str = "system",
     actor_id: str | None = None,
     idempotency_key: str | None = None,
+    termination_reason: str | None = None,
+    failure_class: str | None = None,
 ) -> Op:
     def op(txn: Txn) -> None:
+        txn.note("run.transition", run_id=run_id, session_id=session_id, to_state=to_state,
+                 reason=reason, termination_reason=termination_reason, failure_class=failure_class)
         txn.conn.execute(
             "INSERT INTO run_lifecycle_events(event_ulid, run_ulid, session_ulid, from_state, to_state,"
             " phase, actor_kind, actor_id, correlation_id, idempotency_key, reason, created_at_unix_ms)"
@@ -194,7 +198,8 @@ def finish_run_from_outside(
         usage = Usage(p, c, t)
         set_run_terminal(run_id, state, now_ms=now_ms, usage=usage, last_error=reason,
                          termination_reason=termination_reason, reply_text=None)(txn)
-        lifecycle(run_id, session_id, previous, state, now_ms=now_ms, reason=reason)(txn)
+        lifecycle(run_id, session_id, previous, state, now_ms=now_ms, reason=reason,
+                  termination_reason=termination_reason)(txn)
         close_open_approvals(run_id, f"run {state}: {reason}", now_ms)(txn)  # nobody can act on them
         payload = {
             "kind": state, "message": reason, "termination_reason": termination_reason,
@@ -216,7 +221,10 @@ def close_open_approvals(run_id: str, reason: str, now_ms: int) -> Op:
             " resolved_at_unix_ms = ?, updated_at_unix_ms = ? WHERE run_ulid = ? AND decision IS NULL",
             (reason[:512], now_ms, now_ms, run_id),
         )
-        return txn.conn.changes()
+        closed = txn.conn.changes()
+        if closed:
+            txn.note("approval.resolved", run_id=run_id, decision="error", count=closed)
+        return closed
 
     return op
 
@@ -275,16 +283,18 @@ def resolve_approval(
             " WHERE approval_ulid = ? AND decision IS NULL",
             (decision, scope, reason, ttl_ms, now_ms, now_ms, approval_id),
         )
-        if txn.conn.changes() == 0:
-            row = txn.conn.execute(
-                "SELECT decision FROM approvals WHERE approval_ulid = ?", (approval_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"approval {approval_id} not found", details={"approval_id": approval_id})
-            raise Conflict(
-                f"approval {approval_id} was already decided ({row[0]})",
-                details={"approval_id": approval_id, "decision": row[0]},
-            )
+        if txn.conn.changes():
+            txn.note("approval.resolved", approval_id=approval_id, decision=decision)
+            return
+        row = txn.conn.execute(
+            "SELECT decision FROM approvals WHERE approval_ulid = ?", (approval_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"approval {approval_id} not found", details={"approval_id": approval_id})
+        raise Conflict(
+            f"approval {approval_id} was already decided ({row[0]})",
+            details={"approval_id": approval_id, "decision": row[0]},
+        )
 
     return op
 

@@ -1,26 +1,27 @@
 """``GET /metrics``: Prometheus text exposition from a per-app registry.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (never the global
-one: two apps in one process, as in tests, must not share or collide). Most figures
-are read at scrape time from what the runtime already keeps, so nothing in the product
-code is instrumented for this:
+one: two apps in one process, as in tests, must not share or collide). Figures are
+read at scrape time from what the runtime already keeps, so nothing is instrumented
+for this surface:
 
-* ``palyra_runs{state}``: runs by state (``SELECT state, count(*) ... GROUP BY state``);
+* the runtime counters (``rt.observability()``, the same numbers the diagnostics
+  snapshot shows): one ``palyra_<group>_total{<label>}`` family per group of
+  :data:`palyra.observability.GROUPS` (run transitions, tool events, budget outcomes,
+  approvals, journal, supervision, incidents, remediations, background tasks,
+  failures by class) and the ``palyra_journal_commit_seconds`` histogram (one
+  observation per group-commit batch);
+* ``palyra_runs{state}``: runs in the journal by state (a ``GROUP BY`` on an index);
 * ``palyra_provider_calls_total`` and ``palyra_provider_call_results_total{result}``:
   the provider's ``status_snapshot()`` totals (process lifetime);
-* ``palyra_tool_decisions_total{decision}``: ``tool_decision`` tape rows by kind;
-* ``palyra_budget_outcomes_total{outcome}``: ``budget.outcome`` tape rows by outcome;
 * ``palyra_actor_restarts_total{actor}`` and ``palyra_actor_up{actor}``: the supervision
   tree (run actors are left out: they come and go with their runs);
-* ``palyra_incidents_open``: self-healing incidents not resolved yet (``runtime_incidents``
-  rows in state open or remediating; 0 for a journal without that table);
+* ``palyra_incidents_open``: self-healing incidents not resolved yet;
 * ``palyra_http_journal_write_seconds``: latency of the journal writes the HTTP surface
   makes itself (the ``/readyz`` probe), observed by the surface;
 * ``palyra_http_rate_limited_total{scope}`` and ``palyra_http_open_streams``.
 
-The tape counts scan ``orchestrator_tape`` by ``event_type`` (it has no index on that
-column), so a scrape costs a table scan; the whole collection runs in the surface's
-blocking pool and at most one scrape runs at a time.
+The collection runs in the surface's blocking pool and at most one scrape runs at a time.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from palyra.observability import GROUPS
 from palyra.orchestrator.state import STATES
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -42,10 +49,6 @@ _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 _RUNS_BY_STATE = "SELECT state, count(*) FROM orchestrator_runs GROUP BY state"
 _HAS_INCIDENTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runtime_incidents'"
 _OPEN_INCIDENTS = "SELECT count(*) FROM runtime_incidents WHERE state IN ('open', 'remediating')"
-_TAPE_COUNTS = (
-    "SELECT coalesce(json_extract(payload_json, ?), 'unknown'), count(*) FROM orchestrator_tape"
-    " WHERE event_type = ? GROUP BY 1"
-)
 
 
 class RuntimeCollector:
@@ -67,6 +70,7 @@ class RuntimeCollector:
         if not running:
             return
         yield from self._runs(rt)
+        yield from self._counters(rt)
         yield from self._provider(rt)
         yield from self._actors(rt)
 
@@ -86,19 +90,21 @@ class RuntimeCollector:
         for state, n in sorted(counts.items()):
             runs.add_metric([state], float(n))
         yield runs
-        decisions = CounterMetricFamily(
-            "palyra_tool_decisions", "Tool decisions on run tapes (tool_decision rows) by kind",
-            labels=["decision"])
-        for kind, n in _tape_counts(conn, "tool_decision", "$.kind", ("allow", "deny")):
-            decisions.add_metric([kind], float(n))
-        yield decisions
-        outcomes = CounterMetricFamily(
-            "palyra_budget_outcomes",
-            "Budget outcomes recorded on run tapes (budget.outcome rows) by outcome",
-            labels=["outcome"])
-        for outcome, n in _tape_counts(conn, "budget.outcome", "$.budget_outcome", ()):
-            outcomes.add_metric([outcome], float(n))
-        yield outcomes
+
+    def _counters(self, rt: Any) -> Iterator[Metric]:
+        snapshot = rt.observability()
+        for group in GROUPS:
+            family = CounterMetricFamily(f"palyra_{group.name}", group.help, labels=[group.label])
+            for key, n in snapshot["counters"][group.name].items():
+                family.add_metric([key], float(n))
+            yield family
+        latency = snapshot["journal_commit_seconds"]
+        commits = HistogramMetricFamily(
+            "palyra_journal_commit_seconds",
+            "Journal group-commit latency per batch (apply and COMMIT), seconds")
+        commits.add_metric([], [(_le(bound), float(n)) for bound, n in latency["buckets"]],
+                           latency["sum"])
+        yield commits
 
     def _provider(self, rt: Any) -> Iterator[Metric]:
         snapshot = rt.services.provider.status_snapshot()
@@ -140,12 +146,8 @@ class RuntimeCollector:
         yield up
 
 
-def _tape_counts(conn: Any, event_type: str, path: str,
-                 always: tuple[str, ...]) -> list[tuple[str, int]]:
-    counts = {name: 0 for name in always}
-    for key, n in conn.execute(_TAPE_COUNTS, (path, event_type)):
-        counts[str(key)] = int(n)
-    return sorted(counts.items())
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class Metrics:

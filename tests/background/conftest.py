@@ -1,14 +1,14 @@
-"""Fixtures: an in-memory database with the background schema and a minimal txn."""
+"""Fixtures: an in-memory database with the background schema and an op transaction."""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 
 import apsw
 import pytest
 
 from palyra.background.schema import SCHEMA_SQL
+from tests.support.txn import OpTxn
 
 
 @pytest.fixture
@@ -20,6 +20,5 @@ def conn() -> Iterator[apsw.Connection]:
 
 
 @pytest.fixture
-def txn(conn: apsw.Connection) -> types.SimpleNamespace:
-    """Write ops only touch ``txn.conn``."""
-    return types.SimpleNamespace(conn=conn)
+def txn(conn: apsw.Connection) -> OpTxn:
+    return OpTxn(conn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import apsw
 import pytest
@@ -17,9 +16,10 @@ from palyra.ids import new_ulid
 from palyra.journal.store import JournalSettings, Txn, open_writer_connection
 from palyra.learning.sampling import reflection_task
 from tests.background.support import SESSION, T0, make_task
+from tests.support.txn import OpTxn
 
 
-def test_insert_and_read_round_trip_every_field(txn: types.SimpleNamespace,
+def test_insert_and_read_round_trip_every_field(txn: OpTxn,
                                                 conn: apsw.Connection) -> None:
     task = make_task(
         task_kind="delegation_prompt", channel="console:background", priority=-3,
@@ -37,7 +37,7 @@ def test_insert_and_read_round_trip_every_field(txn: types.SimpleNamespace,
         store.insert_task(task)(txn)
 
 
-def test_update_is_optimistic(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_update_is_optimistic(txn: OpTxn, conn: apsw.Connection) -> None:
     task = make_task()
     store.insert_task(task)(txn)
     running = t.dispatch(task, now_ms=T0 + 1, target_run_id=new_ulid())
@@ -52,9 +52,12 @@ def test_update_is_optimistic(txn: types.SimpleNamespace, conn: apsw.Connection)
         store.update_task(ghost, t.pause(ghost, now_ms=T0))(txn)
     with pytest.raises(InvalidInput):
         store.update_task(task, ghost)
+    # only committed state changes are noted for the counters: queued, then running
+    assert [(n, f["state"]) for n, f in txn.notes] == [("background.task", "queued"),
+                                                       ("background.task", "running")]
 
 
-def test_console_controls(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_console_controls(txn: OpTxn, conn: apsw.Connection) -> None:
     q = TaskQueries(conn)
     task = make_task()
     store.insert_task(task)(txn)
@@ -74,7 +77,7 @@ def test_console_controls(txn: types.SimpleNamespace, conn: apsw.Connection) -> 
         store.control_task(task.task_id, "explode", now_ms=T0)
 
 
-def test_cancel_control_of_a_running_task_names_the_run_to_stop(txn: types.SimpleNamespace) -> None:
+def test_cancel_control_of_a_running_task_names_the_run_to_stop(txn: OpTxn) -> None:
     run_id = new_ulid()
     task = make_task(state="running", target_run_id=run_id, attempt_count=1)
     store.insert_task(task)(txn)
@@ -84,7 +87,7 @@ def test_cancel_control_of_a_running_task_names_the_run_to_stop(txn: types.Simpl
         run_id, "background_task_cancelled_by_operator")
 
 
-def test_pollable_and_due_orders(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_pollable_and_due_orders(txn: OpTxn, conn: apsw.Connection) -> None:
     now = T0 + 1000
     tasks = [
         make_task(state="paused", priority=9),
@@ -113,7 +116,7 @@ def test_pollable_and_due_orders(txn: types.SimpleNamespace, conn: apsw.Connecti
     assert len(q.tasks(session_id=SESSION, limit=3)) == 3
 
 
-def test_reflection_lookups(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_reflection_lookups(txn: OpTxn, conn: apsw.Connection) -> None:
     q = TaskQueries(conn)
     run_id = new_ulid()
     ident = {"owner_principal": "user:ops", "device_id": "dev-1", "channel": None,

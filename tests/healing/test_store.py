@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import apsw
 import pytest
@@ -16,11 +15,12 @@ from palyra.healing import remediation as rm
 from palyra.healing import store
 from palyra.healing.schema import SCHEMA_SQL
 from palyra.healing.store import HealingQueries
+from tests.support.txn import OpTxn
 
 T0 = 1_700_000_000_000
 
 
-def test_heartbeats_upsert_and_clear(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_heartbeats_upsert_and_clear(txn: OpTxn, conn: apsw.Connection) -> None:
     q = HealingQueries(conn)
     first = hb.beat("run", "R1", now_ms=T0, summary="accepted", session_id="S1")
     store.upsert_heartbeat(first)(txn)
@@ -44,14 +44,14 @@ def test_incidents_survive_a_restart(tmp_path) -> None:
     conn.execute(SCHEMA_SQL)
     observation = rm.stale_observation(hb.beat("run", "R1", now_ms=T0), now_ms=T0 + 121_000)
     incident = inc.open_or_update(None, observation, now_ms=T0 + 121_000)
-    store.save_incident(incident)(types.SimpleNamespace(conn=conn))
+    store.save_incident(incident)(OpTxn(conn))
     conn.close()
     reopened = apsw.Connection(path)
     assert HealingQueries(reopened).incident(incident.incident_id) == incident
     reopened.close()
 
 
-def test_incident_history_records_state_changes_only(txn: types.SimpleNamespace,
+def test_incident_history_records_state_changes_only(txn: OpTxn,
                                                      conn: apsw.Connection) -> None:
     q = HealingQueries(conn)
     clock = ManualClock(T0)
@@ -79,7 +79,7 @@ def test_incident_history_records_state_changes_only(txn: types.SimpleNamespace,
     assert q.incidents() == [resolved]
 
 
-def test_remediation_attempts_and_summary(txn: types.SimpleNamespace,
+def test_remediation_attempts_and_summary(txn: OpTxn,
                                           conn: apsw.Connection) -> None:
     q = HealingQueries(conn)
     beat = hb.beat("run", "R1", now_ms=T0)
@@ -105,7 +105,7 @@ def test_remediation_attempts_and_summary(txn: types.SimpleNamespace,
     assert q.summary()["resolved"] == 1
 
 
-def test_history_is_a_ring_of_128(txn: types.SimpleNamespace, conn: apsw.Connection) -> None:
+def test_history_is_a_ring_of_128(txn: OpTxn, conn: apsw.Connection) -> None:
     observation = rm.circuit_signal("p", "open").observation
     assert observation is not None
     incident = inc.open_or_update(None, observation, now_ms=T0)

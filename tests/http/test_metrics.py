@@ -52,8 +52,23 @@ async def test_metrics_report_runs_tools_budgets_provider_actors_and_journal_wri
         assert value(m["palyra_runs"], state="failed") == 1
         assert value(m["palyra_runs"], state="in_progress") == 0
         # echo is allowed; sleep is not in tools.allowed
-        assert value(m["palyra_tool_decisions"], "_total", decision="allow") == 1
-        assert value(m["palyra_tool_decisions"], "_total", decision="deny") == 1
+        assert value(m["palyra_tool_events"], "_total", event="allowed") == 1
+        assert value(m["palyra_tool_events"], "_total", event="denied") == 1
+        assert value(m["palyra_tool_events"], "_total", event="executed") == 1
+        # the runtime counters are the numbers /metrics exports
+        counters = api.rt.observability()["counters"]
+        for group in ("run_transitions", "tool_events", "journal", "failures"):
+            for key, n in counters[group].items():
+                label = {"run_transitions": "outcome", "tool_events": "event", "journal": "event",
+                         "failures": "failure_class"}[group]
+                assert value(m[f"palyra_{group}"], "_total", **{label: key}) == pytest.approx(n, abs=1), \
+                    (group, key)
+        assert value(m["palyra_run_transitions"], "_total", outcome="completed") == 3
+        assert value(m["palyra_run_transitions"], "_total", outcome="failed") == 1
+        assert value(m["palyra_failures"], "_total", failure_class="upstream_provider_failure") == 1
+        commits = m["palyra_journal_commit_seconds"]
+        assert commits.type == "histogram"
+        assert value(commits, "_count") >= 4
         outcomes = {s.labels["outcome"]: s.value for s in m["palyra_budget_outcomes"].samples
                     if s.name.endswith("_total")}
         assert outcomes and sum(outcomes.values()) >= 1, outcomes
