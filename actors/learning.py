@@ -80,6 +80,9 @@ class RunFinished:
     text: str
     reply: str
     tools: tuple[str, ...] = ()  # the tools it ran successfully, in order (procedures)
+    # A session made for this one run (no key, no label), as every OpenAI-compatible call
+    # gets: its principal's anonymous runs share one cooldown, or each would reflect.
+    anonymous: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -328,7 +331,7 @@ class LearningActor(AsyncJournalWrites, Supervised):
         if msg.run_id in self._scheduling:
             return
         now = self.clock.now_ms()
-        key = (msg.principal, msg.device_id, msg.channel, msg.session_id)
+        key = (msg.principal, msg.device_id, msg.channel, None if msg.anonymous else msg.session_id)
         recent = self._recent.get(key)
         if not self.config.enabled or (recent is not None and now - recent < self.config.cooldown_ms):
             return  # cooling down (known from memory): no database reads for busy sessions

@@ -952,7 +952,8 @@ class RunActor(Supervised):
                 s = self.session
                 tell_by_name(self.services.names, LEARNING, RunFinished(
                     self.run_id, s.session_id, s.principal, s.device_id, s.channel,
-                    self.spec.text, reply or "", tuple(self.tools_ran)))
+                    self.spec.text, reply or "", tuple(self.tools_ran),
+                    anonymous=s.session_key == s.session_id and s.session_label is None))
             self.stop()
 
         self._durable(done)  # the terminal event is out once durable

@@ -121,6 +121,25 @@ def test_the_cooldown_holds_back_the_next_reflection_of_a_session(tmp_path):
         assert reflections(rt, second.id) == []
 
 
+def test_anonymous_sessions_of_a_principal_share_one_cooldown(tmp_path):
+    """Each OpenAI-compatible call gets a fresh session: without a shared cooldown every
+    call would schedule a reflection."""
+    with start(tmp_path, learning={"sampling_percent": 100, "cooldown_ms": 60_000}) as rt:
+        first = rt.send("I prefer concise answers", principal="api:alice")
+        first.wait(10)
+        reflected(rt, first.id)
+        later = [rt.send("never use emoji", principal="api:alice") for _ in range(3)]
+        keyed = rt.send("never use emoji", principal="api:alice", session_key="named")
+        for handle in [*later, keyed]:
+            handle.wait(10)
+        assert len({h.session_id for h in [first, *later]}) == 4
+        other = rt.send("I prefer tabs", principal="api:bob")  # another principal
+        other.wait(10)
+        reflected(rt, other.id)
+        reflected(rt, keyed.id)  # a named session keeps its own cooldown
+        assert all(reflections(rt, h.id) == [] for h in later)
+
+
 def test_review_accept_and_reject_with_history(tmp_path):
     with start(tmp_path) as rt:
         finish(rt, "I prefer concise answers")
