@@ -18,11 +18,13 @@ class ThreadReaders:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[tuple[threading.Thread, Reader]] = []
+        self._generation = 0  # bumped by close(): a thread's cached reader is then stale
 
     def conn(self) -> apsw.Connection:
         reader = getattr(self._local, "reader", None)
-        if reader is None:
+        if reader is None or self._local.generation != self._generation:
             reader = self._local.reader = Reader(self._state_dir, self._settings)
+            self._local.generation = self._generation
             with self._lock:
                 # apsw connections may not be shared: close those of threads that ended.
                 alive = []
@@ -36,7 +38,9 @@ class ThreadReaders:
         return reader.conn
 
     def close(self) -> None:
+        """Close every reader; a later ``conn()`` on any thread opens a fresh one."""
         with self._lock:
+            self._generation += 1
             for _, reader in self._open:
                 try:
                     reader.close()
