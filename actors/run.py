@@ -121,9 +121,13 @@ class _ToolDone:
     executed_at_ms: int
 
 
+# How often a run waiting on an approval looks for a decision it was never told about.
+APPROVAL_RECHECK_S = 2.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Timeout:
-    kind: str  # "tool" | "approval" | "wall_clock"
+    kind: str  # "tool" | "approval" | "approval_recheck" | "budget_override" | "wall_clock"
     token: int
 
 
@@ -654,6 +658,7 @@ class RunActor(Supervised):
         self.token += 1
         self._arm_wall_clock()
         self._after(timeout_ms / 1000, _Timeout("approval", self.token))
+        self._arm_approval_recheck()
         self._durable(lambda _: None)
 
     def _on_override_resolved(self, msg: OverrideResolved) -> None:
@@ -682,8 +687,25 @@ class RunActor(Supervised):
         self._arm_wall_clock()
         expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
         self._after(max(0.0, (expires - now) / 1000), _Timeout("approval", self.token))
+        self._arm_approval_recheck()
         self._flush()
         return True
+
+    def _arm_approval_recheck(self) -> None:
+        self._after(APPROVAL_RECHECK_S, _Timeout("approval_recheck", self.token))
+
+    def _recheck_approval(self) -> None:
+        """The gateway tells a run its decision once; if it died between committing the
+        decision and telling us, the journal still has it. Look there now and then
+        rather than wait for the approval timeout."""
+        proposal = self.current
+        assert proposal is not None and proposal.approval_id is not None
+        approval = store.Queries(self.services.readers.conn()).approval(proposal.approval_id)
+        if approval is not None and approval.decision in ("allow", "deny"):
+            return self._on_approval_decided(ApprovalDecided(
+                approval.approval_id, approval.decision == "allow", approval.decision_scope or "once",
+                approval.decision_reason or "", approval.decision_scope_ttl_ms))
+        self._arm_approval_recheck()
 
     def _on_approval_decided(self, msg: ApprovalDecided) -> None:
         if self.waiting == "budget_override" and msg.approval_id == self.budget_approval_id:
@@ -872,6 +894,8 @@ class RunActor(Supervised):
             return self._next_tool()
         if msg.kind == "approval" and self.waiting == "approval":
             return self._approval_timed_out()
+        if msg.kind == "approval_recheck" and self.waiting == "approval":
+            return self._recheck_approval()
         if msg.kind == "budget_override" and self.waiting == "budget_override":
             seconds = self.limits.approval_timeout_ms / 1000
             approval_id, now = self.budget_approval_id, self.clock.now_ms()
