@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import orjson
 from quart import Response
 
 from palyra.config import Config
+from palyra.diagnostics import palyra_version as version
 from palyra.errors import InvalidInput, RuntimeStopped
 from palyra.ids import is_ulid
 from surfaces import bridge
@@ -22,13 +22,6 @@ from surfaces.http.streams import BlockingPool, StreamRegistry
 
 ADMIN_PRINCIPAL = "admin"
 PRINCIPAL_HEADER = "X-Palyra-Principal"
-
-
-def version() -> str:
-    try:
-        return metadata.version("palyra")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 class Surface:
