@@ -16,6 +16,7 @@ from palyra.diagnostics import palyra_version as version
 from palyra.errors import InvalidInput, RuntimeStopped
 from palyra.ids import is_ulid
 from surfaces import bridge
+from surfaces.http.bundle_jobs import BundleJobs
 from surfaces.http.metrics import Metrics
 from surfaces.http.ratelimit import Clock, RateLimiter, RateLimits
 from surfaces.http.streams import BlockingPool, StreamRegistry
@@ -26,8 +27,8 @@ PRINCIPAL_HEADER = "X-Palyra-Principal"
 
 class Surface:
     """What the app knows: the runtime (started by it or handed to it), the admin
-    token, the blocking-call pool, the open event streams, the rate limiter and the
-    metrics registry."""
+    token, the blocking-call pool, the open event streams, the rate limiter, the
+    metrics registry and the support-bundle jobs."""
 
     def __init__(self, runtime: Any, state_dir: Path, config: Config | dict[str, Any] | None,
                  *, pool_size: int = 4, sse_keepalive: float = 15.0,
@@ -47,6 +48,7 @@ class Surface:
         self.probe = JournalProbe()
         self.draining = False  # shutdown began: answer with Connection: close
         self.metrics = Metrics(self)
+        self.bundle_jobs = BundleJobs()
         if isinstance(rate_limits, RateLimiter):
             self.limiter = rate_limits
         else:
