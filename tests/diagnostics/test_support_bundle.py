@@ -236,3 +236,15 @@ def test_the_cli_exports_with_the_daemon_down(planted, tmp_path, capsys):
     assert "max_bytes" in capsys.readouterr().err
     assert cli.main(["support-bundle", "export", "--state-dir", str(tmp_path / "nope"),
                      "--output", str(out)]) == 2
+
+
+def test_a_missing_or_unreadable_journal_still_yields_a_bundle_with_warnings(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    bundle = build_bundle(state)
+    assert bundle.manifest["warnings"] == [f"no journal at {state / 'journal.sqlite3'}"]
+    assert orjson.loads(bundle.members["journal.json"])["available"] is False
+    (state / "journal.sqlite3").write_bytes(b"not a database" * 100)
+    bundle = build_bundle(state)
+    assert "the journal could not be read: NotADBError" in bundle.manifest["warnings"]
+    assert orjson.loads(bundle.members["journal.json"])["available"] is False
