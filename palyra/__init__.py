@@ -27,6 +27,7 @@ from palyra.errors import (
     RateLimited,
     ResourceExhausted,
     RuntimeStopped,
+    SecretLeak,
     Timeout,
     Unauthenticated,
 )
@@ -37,7 +38,7 @@ __all__ = [
     "ChainBroken", "ChainReport", "Config", "Conflict", "IdentityMismatch", "InvalidInput",
     "InvalidTransition", "JournalError", "JournalSettings", "NotFound", "PalyraError",
     "PayloadTooLarge", "PermissionDenied", "ProviderError", "RateLimited", "ResourceExhausted",
-    "Runtime", "RuntimeStopped", "StopReport", "SupervisionConfig", "Timeout", "Unauthenticated",
+    "Runtime", "RuntimeStopped", "SecretLeak", "StopReport", "SupervisionConfig", "Timeout", "Unauthenticated",
 ]
 
 

@@ -13,8 +13,11 @@ import dataclasses
 import hashlib
 import os
 import time
+from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import apsw
 import orjson
 import pykka
 
@@ -36,6 +39,13 @@ CONTRIBUTIONS: dict[str, tuple[str, str]] = {
     "memory_maintenance": ("memory", "stats"),
 }
 RESTART_KINDS = ("actor.restarted", "actor.escalated", "actor.hung", "runtime.started")
+
+
+def palyra_version() -> str:
+    try:
+        return metadata.version("palyra")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
 
 
 def config_fingerprint(config: Any) -> str:
@@ -109,9 +119,9 @@ def _file_size(path: Any) -> int:
         return 0
 
 
-def journal_section(rt: Runtime) -> dict[str, Any]:
-    path = db_path(rt.state_dir)
-    conn = rt.services.readers.conn()
+def journal_summary(conn: apsw.Connection, path: Path) -> dict[str, Any]:
+    """File sizes and chain head of the journal at ``path``, read through ``conn``
+    (the runtime's reader, or the support bundle's read-only one with the daemon down)."""
     head = conn.execute("SELECT seq, hash FROM journal_events ORDER BY seq DESC LIMIT 1").fetchone()
     return {
         "path": str(path),
@@ -119,7 +129,6 @@ def journal_section(rt: Runtime) -> dict[str, Any]:
         "wal_size_bytes": _file_size(str(path) + "-wal"),
         "events": head[0] if head else 0,
         "chain_head": head[1] if head else None,
-        "last_verify": rt.last_verify,
     }
 
 
@@ -136,16 +145,23 @@ def restart_history(rt: Runtime, limit: int = 50) -> list[dict[str, Any]]:
     return history[-limit:]
 
 
-def background_section(rt: Runtime) -> dict[str, int]:
-    conn = rt.services.readers.conn()
+def count_by_state(conn: apsw.Connection, table: str) -> dict[str, int]:
+    """``{state: rows}`` of a table with a ``state`` column (a name from our own code)."""
     return {state: n for state, n in conn.execute(
-        "SELECT state, count(*) FROM orchestrator_background_tasks GROUP BY state")}
+        f"SELECT state, count(*) FROM {table} GROUP BY state")}
+
+
+def journal_section(rt: Runtime) -> dict[str, Any]:
+    return {**journal_summary(rt.services.readers.conn(), db_path(rt.state_dir)),
+            "last_verify": rt.last_verify}
+
+
+def background_section(rt: Runtime) -> dict[str, int]:
+    return count_by_state(rt.services.readers.conn(), "orchestrator_background_tasks")
 
 
 def runs_section(rt: Runtime) -> dict[str, Any]:
-    conn = rt.services.readers.conn()
-    by_state = {state: n for state, n in conn.execute(
-        "SELECT state, count(*) FROM orchestrator_runs GROUP BY state")}
+    by_state = count_by_state(rt.services.readers.conn(), "orchestrator_runs")
     return {"by_state": by_state, "live_heartbeats": len(rt.services.heartbeats)}
 
 

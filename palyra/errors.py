@@ -109,3 +109,10 @@ class ProviderError(PalyraError):
 
 class RuntimeStopped(PalyraError):
     code = "runtime_stopped"
+
+
+class SecretLeak(PalyraError):
+    """An export (a support bundle) still held a known secret after redaction, so it
+    was not written. The message and ``details`` name the member, never the secret."""
+
+    code = "secret_leak"

@@ -1,7 +1,7 @@
 """``palyra``: the operator CLI.
 
-``journal`` commands read the state directory directly; every other command talks to
-a running ``palyrad`` over HTTP (``--url``, default ``$PALYRA_URL`` or
+``journal``, ``doctor`` and ``support-bundle`` read the state directory directly; every
+other command talks to a running ``palyrad`` over HTTP (``--url``, default ``$PALYRA_URL`` or
 http://127.0.0.1:7142) with the admin token from ``--token``, ``$PALYRA_ADMIN_TOKEN``
 or ``<state-dir>/admin.token``. ``--json`` prints machine-readable output (one JSON
 document, or one JSON object per line for ``send --follow``).
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from palyra.errors import InvalidInput
+from palyra.errors import InvalidInput, SecretLeak
 from palyra.journal.store import Reader, db_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -88,6 +88,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         lines += [f"        {'would' if args.dry_run else 'did'}: {a}" for a in c.get("repair_actions", [])]
     _print(report, _opt(args, "json", False), "\n".join(lines))
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def cmd_support_bundle_export(args: argparse.Namespace) -> int:
+    from palyra.support_bundle import export_bundle
+
+    try:
+        bundle = export_bundle(_state_dir(args), args.output, config_path=args.config,
+                               max_bytes=args.max_bytes)
+    except InvalidInput as exc:
+        raise CliError(exc.message, EXIT_USAGE) from None
+    except SecretLeak as exc:
+        raise CliError(exc.message, EXIT_FAILED, exc.envelope()) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}", EXIT_FAILED) from None
+    manifest = bundle.manifest
+    data = {"output_path": os.path.abspath(args.output), "size_bytes": bundle.size_bytes,
+            "members": list(bundle.members),
+            "truncated": manifest["truncated"], "warnings": manifest["warnings"]}
+    lines = [f"wrote {data['output_path']} ({bundle.size_bytes} bytes, "
+             f"{len(bundle.members)} members: {', '.join(bundle.members)})"]
+    lines += [f"  truncated: {t}" for t in manifest["truncated"]]
+    lines += [f"  warning: {w}" for w in manifest["warnings"]]
+    _print(data, _opt(args, "json", False), "\n".join(lines))
+    return EXIT_OK
 
 
 def cmd_journal_recent(args: argparse.Namespace) -> int:
@@ -383,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the repairs without applying them")
     p.add_argument("--only", action="append", metavar="ID", help="run only this check (repeatable)")
     p.add_argument("--skip", action="append", metavar="ID", help="skip this check (repeatable)")
+    bundle = group("support-bundle", "redacted support bundles (reads the state directory)")
+    p = leaf(bundle, "export", "write a redacted .tar.gz for support (works with the daemon down)",
+             cmd_support_bundle_export, remote=False)
+    p.add_argument("--config", help="palyra.toml to include (redacted)")
+    p.add_argument("--output", required=True, help="the .tar.gz to write")
+    p.add_argument("--max-bytes", type=int, default=512 * 1024,
+                   help="size cap (default 512 KiB, at least 2048); over it, parts are trimmed")
     leaf(sub, "status", "daemon, actors and journal head", cmd_status)
     p = leaf(sub, "diagnostics", "one redacted snapshot of every subsystem", cmd_diagnostics)
     p.add_argument("--deadline-ms", type=int, default=1000, help="how long actor probes may take")

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Response, current_app
 
 from actors.budget import BUDGET, PutPolicy, PutPricing, RequestOverride
 from actors.gateway import GATEWAY, ArchiveSession, ResolveSessionRequest
@@ -24,7 +24,10 @@ from palyra.orchestrator.approvals import SCOPES
 from palyra.orchestrator.sessions import SessionSelector
 from palyra.orchestrator.state import STATES
 from palyra.records import Identity, Run
+from palyra.support_bundle import DEFAULT_MAX_BYTES, MIN_MAX_BYTES
 from surfaces.http import openai_compat as openai
+from surfaces.http.bundle_jobs import DEFAULT_RETAIN_JOBS, MAX_BUNDLE_BYTES, MAX_RETAIN_JOBS
+from surfaces.http.bundle_jobs import STATES as JOB_STATES
 from surfaces.http.metrics import CONTENT_TYPE as PROMETHEUS
 from surfaces.http.schema import (
     JSON,
@@ -382,6 +385,33 @@ async def usage_tools(call: Call) -> Any:
     return respond({"tools": rows})
 
 
+# -- support bundles ------------------------------------------------------------------
+
+
+async def create_support_bundle_job(call: Call) -> Any:
+    body, rt, jobs = call.body, call.rt, call.surface.bundle_jobs
+    max_bytes = body.get("max_bytes", DEFAULT_MAX_BYTES)
+    retain = body.get("retain_jobs", DEFAULT_RETAIN_JOBS)
+    if max_bytes > MAX_BUNDLE_BYTES:
+        raise InvalidInput(f"max_bytes: must be <= {MAX_BUNDLE_BYTES}", details={"field": "max_bytes"})
+    if retain > MAX_RETAIN_JOBS:
+        raise InvalidInput(f"retain_jobs: must be <= {MAX_RETAIN_JOBS}",
+                           details={"field": "retain_jobs"})
+    job = jobs.create(rt.clock.now_ms(), max_bytes, retain)
+    # In the app's nursery: the job outlives this request (and is cancelled at shutdown).
+    current_app.add_background_task(jobs.run, job, call.pool, rt, call.surface.token)
+    return respond(job.to_record(), 202,
+                   {"Location": f"/console/v1/support-bundle/jobs/{job.job_id}"})
+
+
+async def list_support_bundle_jobs(call: Call) -> Any:
+    return respond({"jobs": [job.to_record() for job in call.surface.bundle_jobs.list()]})
+
+
+async def get_support_bundle_job(call: Call) -> Any:
+    return respond(call.surface.bundle_jobs.get(call.ulid("job_id")).to_record())
+
+
 # -- parameters and bodies ------------------------------------------------------------
 
 _STR = 256
@@ -439,6 +469,12 @@ BUDGET_POLICY = Body("BudgetPolicyInput", (
     Field("routing_mode_override", "string", enum=("suggest", "dry_run", "dry-run", "enforced")),
     Field("enabled", "boolean"),
 ))
+SUPPORT_BUNDLE_JOB = Body("SupportBundleJobRequest", (
+    Field("max_bytes", "integer", minimum=MIN_MAX_BYTES,
+          description=f"size cap, default {DEFAULT_MAX_BYTES}, at most {MAX_BUNDLE_BYTES}"),
+    Field("retain_jobs", "integer", minimum=1,
+          description=f"jobs kept in memory, default {DEFAULT_RETAIN_JOBS}, at most {MAX_RETAIN_JOBS}"),
+))
 OVERRIDE = Body("OverrideRequest", (Field("reason", "string", max_length=512),))
 PRICING = Body("PricingInput", (
     Field("pricing_id", "string", required=True),
@@ -473,6 +509,13 @@ ROUTES: tuple[Route, ...] = (
           "One redacted snapshot of every subsystem; hung actors are named, not waited for",
           A, "Diagnostics", query=(Param("deadline_ms", "integer", default=1000, minimum=10,
                                          description="how long actor probes may take (max 10000)"),)),
+    Route("POST", "/console/v1/support-bundle/jobs", create_support_bundle_job,
+          "Build a redacted support bundle in the background, under <state_dir>/support-bundles/",
+          A, "SupportBundleJob", status=202, body=SUPPORT_BUNDLE_JOB),
+    Route("GET", "/console/v1/support-bundle/jobs", list_support_bundle_jobs,
+          "Support bundle jobs (in memory), newest first", A, "SupportBundleJobList"),
+    Route("GET", "/console/v1/support-bundle/jobs/{job_id}", get_support_bundle_job,
+          "One support bundle job", A, "SupportBundleJob", errors=(404,)),
     Route("POST", "/admin/v1/runs", create_run, "Send a message: start a run", "runs",
           "RunAccepted", status=202, body=CREATE_RUN, errors=(404, 409, 413, 503),
           headers=(Param(IDEMPOTENCY_HEADER, description="same key, same run"),)),
@@ -572,6 +615,16 @@ def schemas() -> dict[str, Any]:
                             "journal": obj_any, "runs": obj_any, "background": obj_any,
                             "incidents": obj_any, "provider": obj_any, "config": obj_any},
                            required=["supervision", "journal"]),
+        "SupportBundleJob": obj({
+            "job_id": {"type": "string"}, "state": {"type": "string", "enum": list(JOB_STATES)},
+            "requested_at_unix_ms": {"type": "integer"},
+            "started_at_unix_ms": {"type": ["integer", "null"]},
+            "completed_at_unix_ms": {"type": ["integer", "null"]},
+            "output_path": {"type": ["string", "null"]}, "size_bytes": {"type": ["integer", "null"]},
+            "error": {"type": ["string", "null"]},
+            "truncated": {"type": "array", "items": {"type": "string"}},
+        }, required=["job_id", "state", "requested_at_unix_ms"]),
+        "SupportBundleJobList": obj({"jobs": array_of("SupportBundleJob")}, required=["jobs"]),
         "RunAccepted": obj({"run_id": {"type": "string"}, "session_id": {"type": "string"},
                             "session_created": {"type": "boolean"}},
                            required=["run_id", "session_id", "session_created"]),

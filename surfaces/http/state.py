@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,11 @@ import orjson
 from quart import Response
 
 from palyra.config import Config
+from palyra.diagnostics import palyra_version as version
 from palyra.errors import InvalidInput, RuntimeStopped
 from palyra.ids import is_ulid
 from surfaces import bridge
+from surfaces.http.bundle_jobs import BundleJobs
 from surfaces.http.metrics import Metrics
 from surfaces.http.ratelimit import Clock, RateLimiter, RateLimits
 from surfaces.http.streams import BlockingPool, StreamRegistry
@@ -24,17 +25,10 @@ ADMIN_PRINCIPAL = "admin"
 PRINCIPAL_HEADER = "X-Palyra-Principal"
 
 
-def version() -> str:
-    try:
-        return metadata.version("palyra")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
-
-
 class Surface:
     """What the app knows: the runtime (started by it or handed to it), the admin
-    token, the blocking-call pool, the open event streams, the rate limiter and the
-    metrics registry."""
+    token, the blocking-call pool, the open event streams, the rate limiter, the
+    metrics registry and the support-bundle jobs."""
 
     def __init__(self, runtime: Any, state_dir: Path, config: Config | dict[str, Any] | None,
                  *, pool_size: int = 4, sse_keepalive: float = 15.0,
@@ -54,6 +48,7 @@ class Surface:
         self.probe = JournalProbe()
         self.draining = False  # shutdown began: answer with Connection: close
         self.metrics = Metrics(self)
+        self.bundle_jobs = BundleJobs()
         if isinstance(rate_limits, RateLimiter):
             self.limiter = rate_limits
         else:

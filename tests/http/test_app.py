@@ -17,7 +17,7 @@ pytestmark = pytest.mark.trio
 
 def concrete(path: str) -> str:
     """A route path with every parameter filled with a (well-formed) ULID."""
-    for name in ("run_id", "approval_id", "policy_id"):
+    for name in ("run_id", "approval_id", "policy_id", "job_id"):
         path = path.replace("{" + name + "}", new_ulid())
     assert "{" not in path, path
     return path
