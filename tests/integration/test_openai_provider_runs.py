@@ -8,6 +8,7 @@ runtime whose provider is ``openai_compatible`` pointed at it, sends runs with
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,10 +255,20 @@ def test_cancelling_a_slow_response_cancels_the_run_within_100ms(rt, server):
     # Timed where the run announces its (committed) terminal state, in its own thread: a
     # waiting caller's wake-up on a loaded 2-core box is not part of "reaching the run".
     ended: list[float] = []
-    rt.services.hub.subscribe(run.id, lambda ev: (ended.append(time.monotonic()) if ev.terminal else None) or True)
+    announced = threading.Event()
+
+    def on_event(ev) -> bool:
+        if ev.terminal:
+            ended.append(time.monotonic())
+            announced.set()
+        return True
+
+    rt.services.hub.subscribe(run.id, on_event)
     started = time.monotonic()
     answer = rt.cancel(run.id, "user pressed stop")
     result = run.wait(5)
+    # the waiting caller may wake before the hub reaches this subscriber
+    assert announced.wait(5), "the terminal event was never published"
     elapsed = ended[0] - started
 
     assert answer["cancel_requested"] is True
