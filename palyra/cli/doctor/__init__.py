@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from palyra.cli.doctor import recovery, repairs
+from palyra.cli.doctor import recovery, repairs, rollback
 from palyra.cli.doctor.checks import WAL_WARN_BYTES, Doctor, Finding, latest_config_backup
 from palyra.errors import InvalidInput, PalyraError
 
@@ -92,5 +92,5 @@ def _keep_good_config(doctor: Doctor, results: list[dict[str, Any]], run: recove
 
 def run_rollback(state_dir: str | os.PathLike[str], run_id: str, *, dry_run: bool = False,
                  force: bool = False) -> dict[str, Any]:
-    """Undo the doctor run ``run_id`` (see :func:`recovery.rollback`)."""
-    return recovery.rollback(Path(state_dir), run_id, dry_run=dry_run, force=force)
+    """Undo the doctor run ``run_id`` (see :func:`.rollback.rollback`)."""
+    return rollback.rollback(Path(state_dir), run_id, dry_run=dry_run, force=force)

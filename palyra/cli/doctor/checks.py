@@ -184,13 +184,7 @@ class Doctor:
         if pid is None or not self.url:
             return Finding("daemon_reachable", "warning", True,
                            "no runtime is running" if pid is None else "no daemon URL to probe")
-        import httpx
-
-        try:
-            reply = httpx.get(self.url.rstrip("/") + "/healthz", timeout=2.0)
-            ok, detail = reply.status_code == 200, f"HTTP {reply.status_code}"
-        except httpx.HTTPError as exc:
-            ok, detail = False, type(exc).__name__
+        ok, detail = http_get(self.url.rstrip("/") + "/healthz", timeout=2.0)
         return Finding("daemon_reachable", "warning", ok,
                        f"runtime pid {pid}; {self.url} /healthz: {detail}",
                        "" if ok else "the lock holder may be an embedded runtime, or the daemon is hung:"
@@ -265,21 +259,26 @@ def pid_running(pid: int) -> bool:
     return True
 
 
-def probe_models(options: dict[str, object]) -> tuple[bool, str]:
-    """``GET <base_url>/models`` with the configured key; the message never holds the key."""
+def http_get(url: str, *, timeout: float, headers: dict[str, str] | None = None) -> tuple[bool, str]:
+    """``(2xx?, "HTTP <status>" or the error's class name)``. Never ``str(exc)``: an
+    httpx error may quote the request, and the request may carry a key."""
     import httpx
 
+    try:
+        reply = httpx.get(url, headers=headers, timeout=timeout, follow_redirects=False, trust_env=False)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return False, type(exc).__name__
+    return 200 <= reply.status_code < 300, f"HTTP {reply.status_code}"
+
+
+def probe_models(options: dict[str, object]) -> tuple[bool, str]:
+    """``GET <base_url>/models`` with the configured key; the message never holds the key."""
     from palyra.providers.openai_compatible import DEFAULT_BASE_URL
 
     base = str(options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
     key = str(options.get("api_key") or "")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        reply = httpx.get(base + "/models", headers=headers, timeout=PROVIDER_TIMEOUT_S,
-                          follow_redirects=False, trust_env=False)
-        ok, detail = 200 <= reply.status_code < 300, f"HTTP {reply.status_code}"
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        ok, detail = False, type(exc).__name__  # never str(exc): it may quote the request
+    ok, detail = http_get(base + "/models", timeout=PROVIDER_TIMEOUT_S, headers=headers)
     message = redact_message(f"{redact_url(base)}/models: {detail}")
     return ok, message.replace(key, "<redacted>") if key else message
 

@@ -31,9 +31,8 @@ from typing import Any
 import apsw
 import orjson
 
-from palyra.errors import Conflict, InvalidInput, NotFound
+from palyra.errors import InvalidInput, NotFound
 from palyra.ids import is_ulid, new_ulid
-from palyra.statelock import LOCK_NAME, StateLock
 
 RUNS_DIR = Path("recovery") / "runs"
 MANIFEST = "manifest.json"
@@ -68,30 +67,34 @@ def journal_bytes(journal: Path) -> int:
     return sum(p.stat().st_size for p in (journal, Path(f"{journal}-wal")) if p.exists())
 
 
-def sqlite_copy(source: Path, dest: Path) -> None:
-    """Copy ``source`` into ``dest`` through SQLite's online backup (consistent, WAL included)."""
+def _online_backup(source: Path, dest: Path, dest_flags: int) -> apsw.Connection:
+    """Copy ``source`` into ``dest`` through SQLite's online backup API (a consistent
+    image, WAL included); returns the open destination connection."""
     src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
-    out = apsw.Connection(str(dest))
+    out = apsw.Connection(str(dest), flags=dest_flags)
     try:
         with out.backup("main", src, "main") as backup:
             backup.step(-1)
-    finally:
+    except BaseException:
         out.close()
+        raise
+    finally:
         src.close()
+    return out
+
+
+def sqlite_copy(source: Path, dest: Path) -> None:
+    _online_backup(source, dest, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE).close()
 
 
 def sqlite_restore(image: Path, journal: Path) -> None:
     """Write ``image`` back into the live journal through SQLite (the WAL stays coherent
     for any other connection), then fold the WAL in."""
-    src = apsw.Connection(str(image), flags=apsw.SQLITE_OPEN_READONLY)
-    out = apsw.Connection(str(journal), flags=apsw.SQLITE_OPEN_READWRITE)
+    out = _online_backup(image, journal, apsw.SQLITE_OPEN_READWRITE)
     try:
-        with out.backup("main", src, "main") as backup:
-            backup.step(-1)
         out.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         out.close()
-        src.close()
 
 
 def sqlite_content_sha256(journal: Path, scratch: Path) -> str:
@@ -239,7 +242,8 @@ class RecoveryRun:
 
     def save(self) -> None:
         private_dirs(self.state_dir, *RUNS_DIR.parts, self.run_id)
-        write_private(self.dir / MANIFEST, orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
+        write_private(manifest_path(self.state_dir, self.run_id),
+                      orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
 
 
 # -- reading runs back ---------------------------------------------------------------------
@@ -250,91 +254,18 @@ def run_ids(state_dir: Path) -> list[str]:
     root = state_dir / RUNS_DIR
     if not root.is_dir():
         return []
-    return sorted((p.name for p in root.iterdir() if is_ulid(p.name) and (p / MANIFEST).is_file()),
+    return sorted((p.name for p in root.iterdir() if is_ulid(p.name) and manifest_path(state_dir, p.name).is_file()),
                   reverse=True)
+
+
+def manifest_path(state_dir: Path, run_id: str) -> Path:
+    return state_dir / RUNS_DIR / run_id / MANIFEST
 
 
 def load_manifest(state_dir: Path, run_id: str) -> dict[str, Any]:
     if not is_ulid(run_id):
         raise InvalidInput(f"{run_id!r} is not a doctor run id")
-    path = state_dir / RUNS_DIR / run_id / MANIFEST
+    path = manifest_path(state_dir, run_id)
     if not path.is_file():
         raise NotFound(f"no doctor run {run_id} in {state_dir}", details={"run_id": run_id})
     return orjson.loads(path.read_bytes())
-
-
-def _drifted(entry: dict[str, Any], path: Path, scratch: Path) -> bool:
-    """Has ``path`` changed since the repair wrote it?"""
-    if entry["kind"] == "wal_checkpoint":
-        return False  # nothing to undo, so nothing to protect
-    if entry["kind"] == "sqlite":
-        return (not path.exists()
-                or sqlite_content_sha256(path, scratch) != entry["content_after_sha256"])
-    if path.name == LOCK_NAME and entry["change"] == "deleted" and path.exists():
-        # The StateLock this rollback holds re-created it with our pid: still "no lock".
-        return path.read_text(errors="replace").strip() not in ("", str(os.getpid()))
-    if entry["change"] == "chmod":  # the bytes are not ours to protect, only the mode
-        return file_mode(path) != entry["after_mode"]
-    return sha256_file(path) != entry["after_sha256"] or (
-        entry["after_mode"] is not None and file_mode(path) != entry["after_mode"])
-
-
-def _restore(entry: dict[str, Any], path: Path) -> str:
-    if entry["kind"] == "wal_checkpoint":
-        return f"keep {path}: {entry['note']}"
-    if entry["change"] == "created":
-        path.unlink(missing_ok=True)
-        return f"delete {path} (the repair created it)"
-    if entry["change"] == "chmod":
-        path.chmod(entry["before_mode"])
-        return f"chmod {oct(entry['before_mode'])} {path}"
-    if entry["kind"] == "sqlite":
-        sqlite_restore(Path(entry["backup_path"]), path)
-        path.chmod(entry["before_mode"])
-        return f"restore {path} from its online backup"
-    write_private(path, Path(entry["backup_path"]).read_bytes(), entry["before_mode"])
-    return f"restore {path} ({entry['change']} by the repair)"
-
-
-def rollback(state_dir: Path, run_id: str, *, dry_run: bool, force: bool) -> dict[str, Any]:
-    """Undo a doctor run, newest change first. Refuses (``Conflict``) when a file changed
-    since the repair unless ``force``, and while a runtime holds the state directory when
-    the journal or the lock file is involved."""
-    manifest = load_manifest(state_dir, run_id)
-    if manifest.get("rolled_back_at_unix_ms"):
-        raise Conflict(f"doctor run {run_id} was already rolled back")
-    entries = list(reversed(manifest["entries"]))
-    needs_lock = any((e["kind"] == "sqlite" and e["restorable"]) or Path(e["path"]).name == LOCK_NAME for e in entries)
-    lock = StateLock(state_dir)
-    if needs_lock and not dry_run:
-        lock.acquire()  # Conflict names the runtime's pid
-    elif needs_lock and (pid := lock.holder_pid()) is not None:
-        raise Conflict(f"a runtime (pid {pid}) holds {state_dir}; stop it before rolling back",
-                       details={"holder_pid": pid})
-    try:
-        scratch = state_dir / RUNS_DIR / run_id
-        drifted = [e["path"] for e in entries if _drifted(e, Path(e["path"]), scratch)]
-        lost = [e["path"] for e in entries if not e["restorable"]]
-        if (drifted or lost) and not force:
-            why = ([f"changed since the repair: {', '.join(drifted)}"] if drifted else []) + (
-                [f"no backup: {', '.join(lost)}"] if lost else [])
-            raise Conflict(f"refusing to roll back {run_id}: {'; '.join(why)} (--force to go on)",
-                           details={"changed": drifted, "not_restorable": lost})
-        actions = []
-        for e in entries:
-            if not e["restorable"]:
-                actions.append(f"skip {e['path']}: {e['note']}")
-            elif dry_run:
-                actions.append(f"would restore {e['path']} ({e['change']})")
-            else:
-                actions.append(_restore(e, Path(e["path"])))
-        if not dry_run:
-            manifest["rolled_back_at_unix_ms"] = int(time.time() * 1000)
-            write_private(state_dir / RUNS_DIR / run_id / MANIFEST,
-                          orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    finally:
-        lock.release()
-    return {"run_id": run_id, "state_dir": str(state_dir),
-            "mode": "rollback_preview" if dry_run else "rollback_apply",
-            "actions": actions, "changed_since_repair": drifted, "ok": True}
-
