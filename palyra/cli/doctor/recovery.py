@@ -90,11 +90,17 @@ def sqlite_copy(source: Path, dest: Path) -> None:
 def sqlite_restore(image: Path, journal: Path) -> None:
     """Write ``image`` back into the live journal through SQLite (the WAL stays coherent
     for any other connection), then fold the WAL in."""
-    out = _online_backup(image, journal, apsw.SQLITE_OPEN_READWRITE)
+    _online_backup(image, journal, apsw.SQLITE_OPEN_READWRITE).close()
+    checkpoint(journal)
+
+
+def checkpoint(journal: Path) -> None:
+    """Move the WAL's committed pages into the database file and truncate the WAL."""
+    conn = apsw.Connection(str(journal), flags=apsw.SQLITE_OPEN_READWRITE)
     try:
-        out.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
-        out.close()
+        conn.close()
 
 
 def sqlite_content_sha256(journal: Path, scratch: Path) -> str:

@@ -14,8 +14,6 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import apsw
-
 from palyra.cli.doctor import recovery
 from palyra.cli.doctor.checks import Doctor, Finding, latest_config_backup
 from palyra.cli.doctor.config_template import default_config_toml
@@ -104,11 +102,7 @@ def plan_wal(doctor: Doctor) -> Step:
         note = ("a checkpoint moves committed pages from the WAL into the database; the content"
                 " is unchanged, so there is nothing to back up or undo")
         with holding_lock(doctor), run.change(journal, "modified", kind="wal_checkpoint", note=note):
-            conn = apsw.Connection(str(journal), flags=apsw.SQLITE_OPEN_READWRITE)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            finally:
-                conn.close()
+            recovery.checkpoint(journal)
         return actions
 
     actions = [f"checkpoint and truncate {journal}-wal"]
