@@ -398,3 +398,9 @@ def test_an_unreachable_provider_is_a_warning_without_the_key(capsys, state, tmp
     check = report["checks"][0]
     assert rc == 0 and report["warnings"] == ["provider_reachable"] and "ConnectError" in check["message"]
     assert SECRET not in orjson.dumps(report).decode()
+
+
+def test_a_config_path_that_is_a_directory_is_a_finding_not_a_crash(capsys, state, tmp_path):
+    rc, report = doctor(capsys, state, "--config", str(tmp_path), "--only", "config",
+                        "--only", "provider_reachable")
+    assert rc == 1 and report["blocking"] == ["config"] and report["warnings"] == ["provider_reachable"]

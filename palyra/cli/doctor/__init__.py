@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from palyra.cli.doctor import recovery, repairs, rollback
 from palyra.cli.doctor.checks import WAL_WARN_BYTES, Doctor, Finding, latest_config_backup
 from palyra.errors import InvalidInput, PalyraError
@@ -38,8 +40,8 @@ def _repair(doctor: Doctor, finding: Finding, run: recovery.RecoveryRun | None,
         assert step.apply is not None
         try:
             status, actions = "applied", step.apply(run)
-        except PalyraError as exc:  # e.g. Conflict: a runtime took the lock meanwhile
-            status, actions = "failed", [f"failed: {exc}"]
+        except (PalyraError, OSError, apsw.Error) as exc:  # e.g. Conflict: a runtime took the lock
+            status, actions = "failed", [f"failed: {exc}"]  # what did change is in the manifest
         run.step(step.id, status, actions)
     return {**out, "repair_status": status, "repair_actions": actions}
 

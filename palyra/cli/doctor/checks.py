@@ -31,6 +31,9 @@ PROVIDER_TIMEOUT_S = 3.0
 PRIVATE_DIR, PRIVATE_FILE = recovery.PRIVATE_DIR, recovery.PRIVATE_FILE
 OPENAI_KINDS = ("openai_compatible", "openai-compatible", "openai")
 LIVE_RUN_STATES = ("accepted", "in_progress")
+# What loading a config can raise: our own errors, a dataclass check, or the file itself
+# (a directory, unreadable).
+CONFIG_ERRORS = (PalyraError, ValueError, OSError)
 
 
 @dataclasses.dataclass
@@ -74,7 +77,7 @@ class Doctor:
         reports that; the other checks still run)."""
         try:
             return self.config()
-        except (PalyraError, ValueError):
+        except CONFIG_ERRORS:
             return Config()
 
     # -- checks -----------------------------------------------------------------------
@@ -87,7 +90,7 @@ class Doctor:
                            repair="config.initialize")
         try:
             self.config()
-        except (PalyraError, ValueError) as exc:
+        except CONFIG_ERRORS as exc:
             backup = latest_config_backup(self.state_dir, path) if path else None
             if backup is None:
                 return Finding("config", "blocking", False, str(exc), "fix the file the message names")
@@ -225,7 +228,7 @@ class Doctor:
     def check_provider(self) -> Finding:
         try:
             provider = self.config().provider
-        except (PalyraError, ValueError):
+        except CONFIG_ERRORS:
             return Finding("provider_reachable", "warning", False, "not probed: the config does not load",
                            "see the config check")
         kind = provider.kind.strip().lower()
@@ -294,7 +297,7 @@ def latest_config_backup(state_dir: Path, config_path: str) -> Path | None:
                 continue
             try:
                 load_config(backup)
-            except (PalyraError, ValueError):
+            except CONFIG_ERRORS:
                 continue  # the backup of a broken file: not a restore target
             return Path(backup)
     return None
