@@ -3,6 +3,8 @@
 Two runtimes on one journal would be two writers. An advisory ``flock`` on
 ``runtime.lock`` is held for the runtime's life; the kernel drops it when the
 process dies (even by ``kill -9``), so a stale file never blocks a restart.
+A clean release empties the file, so a file that still names a pid nobody holds the
+lock for was left by a process that died: ``palyra doctor`` reports it as stale.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class StateLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # still locked: nobody can read a half-written pid
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -59,3 +62,13 @@ class StateLock:
             return None
         finally:
             os.close(fd)
+
+    def recorded_pid(self) -> int | None:
+        """The pid written in the file, without touching the lock (None: no file or no pid).
+
+        Whether that process still holds the lock is :meth:`holder_pid`'s question."""
+        try:
+            text = self.path.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None

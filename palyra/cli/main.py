@@ -70,24 +70,48 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from palyra.cli.doctor import run_doctor
+    from palyra.cli.doctor import run_doctor, run_rollback
+    from palyra.errors import Conflict, NotFound
 
+    if args.rollback:
+        try:
+            report = run_rollback(_state_dir(args), args.rollback, dry_run=args.dry_run, force=args.force)
+        except (InvalidInput, NotFound) as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        except Conflict as exc:
+            raise CliError(str(exc), EXIT_FAILED, {"ok": False, "error": str(exc), **exc.details}) from None
+        lines = [f"doctor ({report['mode']}) of run {report['run_id']} on {report['state_dir']}"]
+        lines += [f"  {a}" for a in report["actions"]] or ["  (nothing to undo)"]
+        _print(report, _opt(args, "json", False), "\n".join(lines))
+        return EXIT_OK
     try:
         report = run_doctor(_state_dir(args), config_path=args.config, only=args.only,
                             skip=args.skip, repair=args.repair or args.dry_run, dry_run=args.dry_run,
+                            force=args.force,
                             url=_opt(args, "url") or os.environ.get("PALYRA_URL", DEFAULT_URL))
     except InvalidInput as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    marks = {True: "ok  ", False: "FAIL"}
-    lines = [f"doctor ({report['mode']}) on {report['state_dir']}"]
-    for c in report["checks"]:
-        mark = "FIXED" if c.get("repaired") else marks[c["ok"]]
-        lines.append(f"  {mark:<5} {c['id']:<18} {c['message']}")
-        if not c["ok"] and not c.get("repaired") and c["fix_hint"]:
-            lines.append(f"        fix: {c['fix_hint']}")
-        lines += [f"        {'would' if args.dry_run else 'did'}: {a}" for a in c.get("repair_actions", [])]
-    _print(report, _opt(args, "json", False), "\n".join(lines))
+    _print(report, _opt(args, "json", False), "\n".join(_doctor_lines(report)))
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _doctor_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"doctor ({report['mode']}) on {report['state_dir']}"]
+    verb = "would" if report["mode"] == "repair_preview" else "did"
+    for c in report["checks"]:
+        if c.get("repaired"):
+            lines.append(f"[ok] {c['id']}: {c['message_after']} (repaired; was: {c['message']})")
+        else:
+            mark = "ok" if c["ok"] else "FAIL" if c["severity"] == "blocking" else "WARN"
+            lines.append(f"[{mark}] {c['id']}: {c['message']}")
+            if not c["ok"] and c["fix_hint"]:
+                lines.append(f"       fix: {c['fix_hint']}")
+        step = c.get("repair_step")
+        lines += [f"       {step} {verb if c['repair_status'] in ('planned', 'applied') else ''}: {a}"
+                  .replace(" :", ":") for a in c.get("repair_actions", [])]
+    if report.get("run_id"):
+        lines.append(f"doctor run {report['run_id']}: undo with palyra doctor --rollback {report['run_id']}")
+    return lines
 
 
 def cmd_support_bundle_export(args: argparse.Namespace) -> int:
@@ -402,9 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = leaf(sub, "doctor", "check the state directory (works with the daemon down)", cmd_doctor,
              remote=False)
-    p.add_argument("--config", help="palyra.toml to validate")
-    p.add_argument("--repair", action="store_true", help="apply the safe repairs")
-    p.add_argument("--dry-run", action="store_true", help="show the repairs without applying them")
+    p.add_argument("--config", default=os.environ.get("PALYRA_CONFIG"),
+                   help="palyra.toml to validate (default $PALYRA_CONFIG, as palyrad)")
+    p.add_argument("--repair", action="store_true",
+                   help="apply the repairs (backed up; prints a run id for --rollback)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what --repair or --rollback would do, writing nothing")
+    p.add_argument("--force", action="store_true",
+                   help="repair a journal too big to back up; roll back over files changed since")
+    p.add_argument("--rollback", metavar="RUN_ID", help="undo the doctor run RUN_ID")
     p.add_argument("--only", action="append", metavar="ID", help="run only this check (repeatable)")
     p.add_argument("--skip", action="append", metavar="ID", help="skip this check (repeatable)")
     bundle = group("support-bundle", "redacted support bundles (reads the state directory)")
