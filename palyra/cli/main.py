@@ -266,10 +266,19 @@ def cmd_diagnostics(args: argparse.Namespace, d: Daemon) -> int:
         f"incidents: {data['incidents']['active']} active, {data['incidents']['resolved']} resolved",
         f"provider: {data['provider']['kind']} circuit "
         f"{data['provider']['status'].get('circuit', {}).get('state')}",
+        f"failures: {_failure_line(data.get('observability', {}))}",
         f"config fingerprint {data['config']['fingerprint'][:16]}, took {data['elapsed_ms']} ms",
     ]
     _print(data, args.json, "\n".join(lines))
     return EXIT_FAILED if sup["unresponsive"] or sup["down"] else EXIT_OK
+
+
+def _failure_line(observability: dict[str, Any]) -> str:
+    by_class = observability.get("counters", {}).get("failures", {})
+    counts = ", ".join(f"{name.removesuffix('_failure')} {n}" for name, n in by_class.items() if n)
+    recent = observability.get("recent_failures") or []
+    last = f"; last: {recent[0]['operation']} {recent[0]['message'][:80]}" if recent else ""
+    return (counts or "none") + last
 
 
 def _event_line(event: dict[str, Any]) -> str:

@@ -78,7 +78,8 @@ def test_palyrad_serves_refuses_a_second_daemon_and_stops_on_sigterm(tmp_path, c
         assert cli.main([*base, "usage", "summary"]) == 0
         capsys.readouterr()
         assert cli.main([*base, "diagnostics"]) == 0
-        assert "unresponsive: none" in capsys.readouterr().out
+        human = capsys.readouterr().out
+        assert "unresponsive: none" in human and "failures: none" in human
         assert cli.main([*base, "diagnostics", "--json"]) == 0
         assert orjson.loads(capsys.readouterr().out)["runs"]["by_state"]["done"] == 3
         assert cli.main([*base, "doctor", "--json", "--only", "daemon_reachable"]) == 0
