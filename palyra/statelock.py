@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from palyra.errors import Conflict
 
 LOCK_NAME = "runtime.lock"
+PROBE_GRACE_S = 0.2
 
 
 class StateLock:
@@ -26,7 +28,7 @@ class StateLock:
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_exclusive(fd)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
@@ -38,6 +40,20 @@ class StateLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+
+    @staticmethod
+    def _lock_exclusive(fd: int) -> None:
+        # holder_pid() probes (``palyra doctor``) hold a shared lock for microseconds:
+        # a start that lands on one tries again briefly instead of failing.
+        deadline = time.monotonic() + PROBE_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def release(self) -> None:
         if self._fd is not None:

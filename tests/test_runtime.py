@@ -119,3 +119,27 @@ def test_second_runtime_on_the_same_state_dir_is_refused(runtime):
     with pytest.raises(palyra.Conflict, match="in use by pid"):
         palyra.Runtime.start(runtime.state_dir)
     assert runtime.journal.append("still fine")
+
+
+def test_a_start_that_meets_a_lock_probe_waits_for_it(tmp_path):
+    """``palyra doctor`` probes the lock with a momentary shared flock; a runtime
+    starting at that instant tries again instead of failing."""
+    import fcntl
+    import os
+    import threading
+
+    from palyra.statelock import LOCK_NAME, StateLock
+
+    tmp_path.mkdir(exist_ok=True)
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe in progress
+    released = threading.Timer(0.05, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+    released.start()
+    lock = StateLock(tmp_path)
+    try:
+        lock.acquire()
+        assert lock.holder_pid() == os.getpid()
+    finally:
+        lock.release()
+        released.join()
+        os.close(fd)
