@@ -1,7 +1,8 @@
 """Support-bundle jobs of the HTTP surface (``/console/v1/support-bundle/jobs``).
 
-Jobs live in memory only (as upstream), the oldest trimmed past ``retain_jobs``; the
-bundle files stay under ``<state_dir>/support-bundles/`` (0700 directory, 0600 files).
+Jobs live in memory only (as upstream), the oldest finished ones trimmed past
+``retain_jobs`` together with their files under ``<state_dir>/support-bundles/`` (0700
+directory, 0600 files).
 A job is built on the surface's blocking pool, never on the trio loop, and one at a
 time: a bundle holds a pool thread for the diagnostics deadline plus the journal reads,
 and a burst of requests must not take every thread the other routes need.
@@ -72,9 +73,18 @@ class BundleJobs:
     def create(self, now_ms: int, max_bytes: int, retain: int = DEFAULT_RETAIN_JOBS) -> BundleJob:
         job = BundleJob(new_ulid(now_ms), now_ms, max_bytes)
         self._jobs[job.job_id] = job
-        while len(self._jobs) > retain:
-            del self._jobs[next(iter(self._jobs))]
+        self._trim(retain)
         return job
+
+    def _trim(self, retain: int) -> None:
+        """Forget the oldest finished jobs past ``retain`` and delete their files, so
+        repeated exports do not fill the state directory (a job still queued or running
+        is kept until it ends: its file would be written after the trim)."""
+        finished = [j for j in self._jobs.values() if j.done.is_set()]
+        for job in finished[:max(0, len(self._jobs) - retain)]:
+            del self._jobs[job.job_id]
+            if job.output_path:
+                Path(job.output_path).unlink(missing_ok=True)
 
     def get(self, job_id: str) -> BundleJob:
         job = self._jobs.get(job_id)

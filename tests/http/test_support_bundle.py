@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import tarfile
+from pathlib import Path
 
 import orjson
 import pytest
@@ -57,17 +58,20 @@ async def test_a_job_builds_a_private_bundle_from_the_live_runtime(tmp_path):
 
 
 async def test_jobs_are_listed_newest_first_and_trimmed_to_retain_jobs(api):
-    ids = []
+    ids, paths = [], []
     for _ in range(3):
         reply = await api.post(JOBS, {"retain_jobs": 2})
         assert reply.status == 202, reply
         ids.append(reply.json["job_id"])
-    for job_id in ids[1:]:
-        assert (await finished(api, job_id))["state"] == "succeeded"
+        done = await finished(api, ids[-1])
+        assert done["state"] == "succeeded"
+        paths.append(done["output_path"])
     listed = (await api.get(JOBS)).json["jobs"]
     assert [j["job_id"] for j in listed] == ids[:0:-1]
     gone = await api.get(f"{JOBS}/{ids[0]}")
     assert gone.status == 404 and gone.error["code"] == "not_found"
+    # a forgotten job's file goes with it; the retained ones stay
+    assert [Path(p).exists() for p in paths] == [False, True, True]
     assert (await api.get(f"{JOBS}/{new_ulid()}")).status == 404
 
 
