@@ -89,12 +89,18 @@ def connect(
     return conn
 
 
+# The single writer touches the tape's and the runs' index pages on every batch; SQLite's
+# default 2 MiB page cache makes it re-read them from the OS (readers keep the default).
+WRITER_CACHE_KIB = 32 * 1024
+
+
 def open_writer_connection(
     state_dir: str | os.PathLike[str],
     settings: JournalSettings = JournalSettings(),
     clock: Clock = SYSTEM_CLOCK,
 ) -> apsw.Connection:
     conn = connect(state_dir, settings)
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
     migrate(conn, clock)
     for suffix in ("", "-wal", "-shm"):
         side = Path(str(db_path(state_dir)) + suffix)
