@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 from palyra.errors import InvalidInput
@@ -211,3 +213,50 @@ def _section(name: str, section_type: type, raw: Any) -> Any:
         return section_type(**raw)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid config section {name!r}: {exc}", details={"key": name}) from exc
+
+
+# --------------------------------------------------------------------------- environment
+
+ENV_PREFIX = "PALYRA_"
+_ENV_SECTIONS = (*_SECTIONS, "provider")
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``PALYRA_<SECTION>_<KEY>=value`` for every key of every config section, e.g.
+    ``PALYRA_RUNS_MAX_INPUT_BYTES=65536`` or ``PALYRA_PROVIDER_API_KEY=sk-…`` (a secret
+    kept out of the file). Section names hold no underscore, so the first one after the
+    prefix splits section from key. Values are read as TOML values (``true``, ``42``,
+    ``["a", "b"]``) and otherwise taken as plain strings. Other ``PALYRA_*`` variables
+    (``PALYRA_STATE_DIR``, ``PALYRA_RATE_LIMIT_*``, ...) name no section and are left alone.
+    """
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, text in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if not sep or not key or section not in _ENV_SECTIONS:
+            continue
+        known = _SECTIONS.get(section)
+        if known is not None and key not in {f.name for f in dataclasses.fields(known)}:
+            raise InvalidInput(f"unknown config key {section}.{key} (from ${name})",
+                               details={"key": f"{section}.{key}", "env": name})
+        overrides.setdefault(section, {})[key] = _env_value(text)
+    return overrides
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def merge_env(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The file's tables with the environment's keys laid over them."""
+    merged = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for section, values in env_overrides(env).items():
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise InvalidInput(f"config section {section!r} must be a table", details={"key": section})
+        table.update(values)
+    return merged

@@ -1,0 +1,44 @@
+"""``PALYRA_<SECTION>_<KEY>`` environment overrides over the TOML config."""
+
+from __future__ import annotations
+
+import pytest
+
+import palyra
+from palyra.cli import daemon
+from palyra.cli.daemon import load_config
+
+
+def test_env_overrides_lay_over_the_file_and_keep_its_other_keys(tmp_path):
+    path = tmp_path / "palyra.toml"
+    path.write_text('[runs]\nmax_input_bytes = 100\n[tools]\nallowed = ["palyra.sleep"]\n'
+                    '[provider]\nkind = "openai_compatible"\nbase_url = "http://127.0.0.1:9/v1"\n')
+    env = {"PALYRA_RUNS_MAX_INPUT_BYTES": "4096", "PALYRA_TOOLS_ALLOWED": '["palyra.echo"]',
+           "PALYRA_PROVIDER_API_KEY": "sk-from-the-environment", "PALYRA_LEARNING_ENABLED": "false",
+           # variables that name no config section are not ours to judge
+           "PALYRA_STATE_DIR": "/elsewhere", "PALYRA_RATE_LIMIT_PER_S": "5", "PALYRA_URL": "x"}
+    config = load_config(str(path), env)
+    assert config.runs.max_input_bytes == 4096
+    assert list(config.tools.allowed) == ["palyra.echo"]
+    assert config.provider.kind == "openai_compatible"
+    assert config.provider.options == {"base_url": "http://127.0.0.1:9/v1",
+                                       "api_key": "sk-from-the-environment"}
+    assert config.learning.enabled is False
+    assert load_config(None, {"PALYRA_RUNS_MAX_INPUT_BYTES": "77"}).runs.max_input_bytes == 77
+    assert load_config(None, {}) == palyra.Config()
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"PALYRA_RUNS_MAX_INPUT_BYTE": "1"}, "runs.max_input_byte (from $PALYRA_RUNS_MAX_INPUT_BYTE)"),
+    ({"PALYRA_JOURNAL_SYNCHRONOUS": "SOMETIMES"}, "journal"),
+])
+def test_a_bad_override_names_the_key(env, named):
+    with pytest.raises(palyra.InvalidInput) as err:
+        load_config(None, env)
+    assert named in str(err.value)
+
+
+def test_palyrad_refuses_a_bad_override_as_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PALYRA_SUPERVISION_PROBE_INTERVALL", "1")
+    assert daemon.main(["--state-dir", str(tmp_path / "state"), "--http", "127.0.0.1:0"]) == 2
+    assert "supervision.probe_intervall" in capsys.readouterr().err
