@@ -144,6 +144,32 @@ class MemoryConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HttpConfig:
+    """The daemon's HTTP surface (``palyrad``; flags and ``PALYRA_HTTP`` win over ``bind``).
+
+    ``rate_limits`` holds the fields of ``surfaces.http.ratelimit.RateLimits`` (per_s,
+    burst, loopback_per_s, loopback_burst, token_per_s, token_burst); the daemon checks
+    them when it starts and ``PALYRA_RATE_LIMIT_*`` overrides them.
+    """
+
+    bind: str = "127.0.0.1:7142"
+    allow_remote_bind: bool = False
+    max_body_bytes: int = 64 * 1024
+    sse_keepalive_s: float = 15.0
+    rate_limits: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bind, str) or ":" not in self.bind:
+            raise ValueError("http.bind must be HOST:PORT")
+        if self.max_body_bytes < 1024:
+            raise ValueError("http.max_body_bytes must be at least 1024")
+        if self.sse_keepalive_s <= 0:
+            raise ValueError("http.sse_keepalive_s must be positive")
+        if not isinstance(self.rate_limits, dict):
+            raise ValueError("http.rate_limits must be a table")
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "deterministic"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -159,6 +185,7 @@ _SECTIONS: dict[str, type] = {
     "healing": HealingConfig,
     "learning": LearningConfig,
     "memory": MemoryConfig,
+    "http": HttpConfig,
 }
 
 
@@ -173,6 +200,7 @@ class Config:
     healing: HealingConfig = HealingConfig()
     learning: LearningConfig = LearningConfig()
     memory: MemoryConfig = MemoryConfig()
+    http: HttpConfig = HttpConfig()
     provider: ProviderConfig = ProviderConfig()
 
     @classmethod

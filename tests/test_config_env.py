@@ -42,3 +42,22 @@ def test_palyrad_refuses_a_bad_override_as_a_usage_error(tmp_path, capsys, monke
     monkeypatch.setenv("PALYRA_SUPERVISION_PROBE_INTERVALL", "1")
     assert daemon.main(["--state-dir", str(tmp_path / "state"), "--http", "127.0.0.1:0"]) == 2
     assert "supervision.probe_intervall" in capsys.readouterr().err
+
+
+def test_http_section_gives_bind_and_rate_limits_under_flags_and_env(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "palyra.toml"
+    path.write_text('[http]\nbind = "0.0.0.0:7142"\n[http.rate_limits]\nper_s = 7\ntoken_per_s = 9\n')
+    config = load_config(str(path), {})
+    assert config.http.bind == "0.0.0.0:7142"
+    limits = daemon.rate_limits(config, {"PALYRA_RATE_LIMIT_TOKEN_PER_S": "11"})
+    assert (limits.per_s, limits.token_per_s, limits.loopback_per_s) == (7, 11, 120)
+    # a remote bind from the file still needs the acknowledgement
+    monkeypatch.delenv("PALYRA_HTTP", raising=False)
+    assert daemon.main(["--state-dir", str(tmp_path / "s"), "--config", str(path)]) == 2
+    assert "--allow-remote-bind" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http.rate_limits]\nper_second = 1\n")
+    with pytest.raises(palyra.InvalidInput, match="http.rate_limits"):
+        daemon.rate_limits(load_config(str(bad), {}))
+    with pytest.raises(palyra.InvalidInput, match="http"):
+        load_config(None, {"PALYRA_HTTP_BIND": "no-port"})

@@ -18,6 +18,7 @@ daemon stops serving and exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -83,6 +84,24 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def rate_limits(config: Config, env: Mapping[str, str] | None = None) -> Any:
+    """``http.rate_limits`` of the config, each field overridden by its
+    ``PALYRA_RATE_LIMIT_*`` variable when that is set."""
+    from surfaces.http.ratelimit import ENV_PREFIX, RateLimits
+
+    env = os.environ if env is None else env
+    try:
+        base = RateLimits(**config.http.rate_limits)
+    except TypeError as exc:
+        known = ", ".join(f.name for f in dataclasses.fields(RateLimits) if not f.name.startswith("max_"))
+        raise InvalidInput(f"http.rate_limits: {exc}; known keys: {known}",
+                           details={"key": "http.rate_limits"}) from None
+    from_env = RateLimits.from_env(env)
+    chosen = {f.name: getattr(from_env, f.name) for f in dataclasses.fields(RateLimits)
+              if env.get(ENV_PREFIX + f.name.upper(), "").strip()}
+    return dataclasses.replace(base, **chosen)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="palyrad", description="Run the Palyra daemon.")
     parser.add_argument(
@@ -93,12 +112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=os.environ.get("PALYRA_CONFIG"), help="palyra.toml")
     parser.add_argument(
-        "--http", default=os.environ.get("PALYRA_HTTP", DEFAULT_HTTP),
-        help=f"HOST:PORT to serve HTTP on (default $PALYRA_HTTP or {DEFAULT_HTTP}; port 0 "
-             "picks a free one and the bound URL is printed)",
+        "--http", default=os.environ.get("PALYRA_HTTP"),
+        help=f"HOST:PORT to serve HTTP on (default $PALYRA_HTTP, else http.bind of the config, "
+             f"else {DEFAULT_HTTP}; port 0 picks a free one and the bound URL is printed)",
     )
     parser.add_argument("--allow-remote-bind", action="store_true",
-                        help="allow a non-loopback --http address")
+                        help="allow a non-loopback --http address (or http.allow_remote_bind)")
     parser.add_argument("--log-level", default=os.environ.get("PALYRA_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -110,12 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from surfaces.http.ratelimit import RateLimits
-
     try:
-        host, port = parse_bind(args.http, allow_remote=args.allow_remote_bind)
         config = load_config(args.config)
-        limits = RateLimits.from_env()  # PALYRA_RATE_LIMIT_*: a typo fails here, not later
+        host, port = parse_bind(args.http or config.http.bind,
+                                allow_remote=args.allow_remote_bind or config.http.allow_remote_bind)
+        limits = rate_limits(config)  # a typo fails here, not later
     except PalyraError as exc:
         print(f"palyrad: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
