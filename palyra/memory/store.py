@@ -167,9 +167,9 @@ class MemoryItem:
         if scope not in SCOPES:
             raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}", details={"field": "scope"})
         if scope == "session" and session_id is None:
-            raise InvalidInput("a session-scoped memory item needs a session_id")
+            raise InvalidInput("a session-scoped memory item needs a session_id", details={"field": "scope"})
         if scope == "channel" and channel is None:
-            raise InvalidInput("a channel-scoped memory item needs a channel")
+            raise InvalidInput("a channel-scoped memory item needs a channel", details={"field": "scope"})
         if source not in SOURCES:
             raise InvalidInput(f"source must be one of {', '.join(SOURCES)}", details={"field": "source"})
         stored = _content(content_text, max_item_bytes, max_item_tokens)
