@@ -112,9 +112,10 @@ class Review(Request):
 
 
 def candidates(conn: Any, *, principal: str | None = None, status: str | None = None,
-               limit: int = 100) -> list[Candidate]:
+               session_id: str | None = None, limit: int = 100) -> list[Candidate]:
     """Candidates, newest first (``status`` accepts console aliases)."""
-    return LearningQueries(conn).candidates(owner_principal=principal, status=status, limit=limit)
+    return LearningQueries(conn).candidates(owner_principal=principal, status=status,
+                                            session_id=session_id, limit=limit)
 
 
 def candidate(conn: Any, candidate_id: str) -> Candidate:

@@ -60,6 +60,7 @@ from palyra.governance import BudgetPolicy, PricingRecord, UsageScope
 from palyra.governance.store import GovernanceQueries
 from palyra.governance.usage import (
     alerts,
+    export,
     model_mix,
     principal_breakdown,
     session_breakdown,
@@ -582,6 +583,14 @@ class Usage:
         records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
         return principal_breakdown(records, limit=limit, cursor=cursor)
 
+    def export(self, start: int | None = None, end: int | None = None, dataset: str = "runs",
+               bucket: str = "auto") -> dict[str, Any]:
+        """Flat rows for a CSV/JSON export (``dataset`` runs or timeline) with their
+        ``columns`` in order."""
+        q = self._window(start, end, bucket)
+        records = self._gq().usage_records(q.start_at_unix_ms, q.end_at_unix_ms)
+        return export(records, q.start_at_unix_ms, q.end_at_unix_ms, dataset, bucket)
+
     def routing_decisions(self, *, run_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return self._gq().routing_decisions(run_id=run_id, limit=limit)
 
@@ -624,9 +633,11 @@ class Tasks:
         return task
 
     def list(self, *, session_id: str | None = None, principal: str | None = None,
-             limit: int = 100) -> list[BackgroundTask]:
+             state: str | None = None, limit: int = 100) -> list[BackgroundTask]:
+        """Newest first; ``state`` accepts the aliases (pending, in_progress, ...)."""
         return TaskQueries(self._rt.services.readers.conn()).tasks(
-            session_id=session_id, owner_principal=principal, limit=limit)
+            session_id=session_id, owner_principal=principal,
+            states=None if state is None else (state,), limit=limit)
 
     def pause(self, task_id: str) -> BackgroundTask:
         return self._rt._request(BACKGROUND, ControlTask(task_id, "pause"))
@@ -648,9 +659,9 @@ class Learning:
         self._rt = rt
 
     def candidates(self, *, principal: str | None = None, status: str | None = None,
-                   limit: int = 100) -> list[Any]:
+                   session_id: str | None = None, limit: int = 100) -> list[Any]:
         return learning_candidates(self._rt.services.readers.conn(), principal=principal,
-                                   status=status, limit=limit)
+                                   status=status, session_id=session_id, limit=limit)
 
     def review(self, candidate_id: str, status: str, *, principal: str = "user:local",
                reason: str | None = None) -> Any:

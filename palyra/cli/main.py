@@ -169,12 +169,21 @@ class Daemon:
 
     def call(self, method: str, path: str, *, json: Any = None,
              params: dict[str, Any] | None = None) -> Any:
+        return self._decode(self._send(method, path, json, params))
+
+    def fetch(self, path: str, *, params: dict[str, Any] | None = None) -> bytes:
+        """A GET whose body is not JSON (a CSV export); errors as :meth:`call`'s."""
+        response = self._send("GET", path, None, params)
+        if response.status_code >= 400:
+            self._decode(response)
+        return response.content
+
+    def _send(self, method: str, path: str, json: Any, params: dict[str, Any] | None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self.client.request(method, path, json=json, params=params)
+            return self.client.request(method, path, json=json, params=params)
         except self.httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        return self._decode(response)
 
     def _unreachable(self, exc: Exception) -> CliError:
         return CliError(f"daemon unreachable at {self.url}: {exc or type(exc).__name__}",
@@ -497,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, help="start_at_unix_ms")
     p.add_argument("--end", type=int, help="end_at_unix_ms")
     p.add_argument("--bucket", choices=("auto", "hour", "day"), default="auto")
+    from palyra.cli import console  # its commands use this module's client and printer
+
+    console.register(sub, common, group, leaf, budgets=budgets, usage=usage)
     return parser
 
 
@@ -526,4 +538,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the package module: palyra.cli.console imports it, and its CliError must be
+    # the class main() catches, not a second copy in __main__.
+    from palyra.cli.main import main as package_main
+
+    sys.exit(package_main())

@@ -27,11 +27,13 @@ from palyra.governance.pricing import micros_to_usd, usd_to_micros
 from palyra.records import TERMINAL_STATES
 
 __all__ = [
+    "EXPORT_DATASETS",
     "AlertCandidate",
     "UsageQuery",
     "UsageRecord",
     "agent_breakdown",
     "alerts",
+    "export",
     "model_mix",
     "principal_breakdown",
     "records_in_window",
@@ -324,6 +326,53 @@ def tool_mix(proposals: Mapping[str, int] | Iterable[str]) -> list[dict[str, Any
     rows = [{"tool_name": name, "proposals": n} for name, n in counts.items() if n > 0]
     rows.sort(key=lambda r: (-r["proposals"], r["tool_name"]))
     return rows
+
+
+# --------------------------------------------------------------------------- export
+
+RUN_COLUMNS = (
+    "run_id", "session_id", "principal", "state", "model_id", "provider_id", "prompt_tokens",
+    "completion_tokens", "total_tokens", "estimated_cost_usd", "started_at_unix_ms",
+    "completed_at_unix_ms", "latency_ms",
+)
+TIMELINE_COLUMNS = (
+    "bucket_start_unix_ms", "bucket_end_unix_ms", "runs", "session_count", "active_runs",
+    "completed_runs", "prompt_tokens", "completion_tokens", "total_tokens", "average_latency_ms",
+    "latest_started_at_unix_ms", "estimated_cost_usd",
+)
+EXPORT_DATASETS = ("runs", "timeline")
+
+
+def _run_row(r: UsageRecord) -> dict[str, Any]:
+    cost = r.estimated_cost_micro_usd
+    return {
+        "run_id": r.run_id, "session_id": r.session_id, "principal": r.principal,
+        "state": r.state, "model_id": r.model_id, "provider_id": r.provider_id,
+        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "total_tokens": r.total_tokens,
+        "estimated_cost_usd": None if cost is None else micros_to_usd(cost),
+        "started_at_unix_ms": r.started_at_unix_ms,
+        "completed_at_unix_ms": r.completed_at_unix_ms, "latency_ms": r.latency_ms,
+    }
+
+
+def export(records: Iterable[UsageRecord], start_ms: int, end_ms: int, dataset: str = "runs",
+           bucket: str = "auto") -> dict[str, Any]:
+    """Flat rows for a CSV/JSON export: one per run started in the window (oldest first),
+    or the summary's timeline buckets. ``columns`` fixes the order of a CSV header."""
+    query = usage_query(start_ms, end_ms, bucket)
+    if dataset == "timeline":
+        rows = summarize(records, start_ms, end_ms, bucket)["timeline"]
+        columns = TIMELINE_COLUMNS
+    elif dataset == "runs":
+        window = records_in_window(records, query.start_at_unix_ms, query.end_at_unix_ms)
+        rows = [_run_row(r) for r in sorted(window, key=lambda r: (r.started_at_unix_ms, r.run_id))]
+        columns = RUN_COLUMNS
+    else:
+        raise InvalidInput(f"dataset must be one of {', '.join(EXPORT_DATASETS)}",
+                           details={"field": "dataset"})
+    return {"contract": CONTRACT, "query": query.to_dict(), "dataset": dataset,
+            "columns": list(columns), "rows": rows}
 
 
 # --------------------------------------------------------------------------- alerts

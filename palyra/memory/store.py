@@ -157,29 +157,29 @@ class MemoryItem:
         principal = _name("principal", principal)
         channel = None if channel is None else _name("channel", channel)
         if session_id is not None and not is_ulid(session_id):
-            raise InvalidInput("session_id must be a canonical ULID")
+            raise InvalidInput("session_id must be a canonical ULID", details={"field": "session_id"})
         if memory_id is None:
             memory_id = new_ulid(now_ms)
         elif not is_ulid(memory_id):
-            raise InvalidInput("memory_id must be a canonical ULID")
+            raise InvalidInput("memory_id must be a canonical ULID", details={"field": "memory_id"})
         if scope is None:
             scope = "session" if session_id else "channel" if channel else "principal"
         if scope not in SCOPES:
-            raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}")
+            raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}", details={"field": "scope"})
         if scope == "session" and session_id is None:
-            raise InvalidInput("a session-scoped memory item needs a session_id")
+            raise InvalidInput("a session-scoped memory item needs a session_id", details={"field": "scope"})
         if scope == "channel" and channel is None:
-            raise InvalidInput("a channel-scoped memory item needs a channel")
+            raise InvalidInput("a channel-scoped memory item needs a channel", details={"field": "scope"})
         if source not in SOURCES:
-            raise InvalidInput(f"source must be one of {', '.join(SOURCES)}")
+            raise InvalidInput(f"source must be one of {', '.join(SOURCES)}", details={"field": "source"})
         stored = _content(content_text, max_item_bytes, max_item_tokens)
         confidence = _confidence(confidence)
         if ttl_unix_ms is None:
             ttl_unix_ms = None if default_ttl_ms is None else now_ms + default_ttl_ms
         elif not isinstance(ttl_unix_ms, int) or isinstance(ttl_unix_ms, bool):
-            raise InvalidInput("ttl_unix_ms must be an integer (unix ms)")
+            raise InvalidInput("ttl_unix_ms must be an integer (unix ms)", details={"field": "ttl_unix_ms"})
         elif ttl_unix_ms <= now_ms:
-            raise InvalidInput("ttl_unix_ms must be in the future")
+            raise InvalidInput("ttl_unix_ms must be in the future", details={"field": "ttl_unix_ms"})
         return cls(
             memory_id=memory_id,
             principal=principal,
@@ -284,11 +284,11 @@ def estimate_tokens(text: str) -> int:
 
 def _content(text: Any, max_bytes: int, max_tokens: int) -> str:
     if not isinstance(text, str):
-        raise InvalidInput("content_text must be a string")
+        raise InvalidInput("content_text must be a string", details={"field": "content_text"})
     try:
         raw_size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidInput("content_text must be valid UTF-8") from exc
+        raise InvalidInput("content_text must be valid UTF-8", details={"field": "content_text"}) from exc
     if raw_size > max_bytes:
         raise PayloadTooLarge(
             f"memory item is {raw_size} bytes; the limit is {max_bytes}",
@@ -296,7 +296,7 @@ def _content(text: Any, max_bytes: int, max_tokens: int) -> str:
         )
     normalized = normalize_content(text)
     if not normalized:
-        raise InvalidInput("content_text must not be empty")
+        raise InvalidInput("content_text must not be empty", details={"field": "content_text"})
     tokens = estimate_tokens(normalized)
     if tokens > max_tokens:
         raise PayloadTooLarge(
@@ -309,9 +309,9 @@ def _content(text: Any, max_bytes: int, max_tokens: int) -> str:
 
 def _name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or value != value.strip():
-        raise InvalidInput(f"{field} must be a non-empty string without surrounding space")
+        raise InvalidInput(f"{field} must be a non-empty string without surrounding space", details={"field": field})
     if len(value) > MAX_NAME_CHARS or _CONTROL.search(value) or "\n" in value:
-        raise InvalidInput(f"{field} must be at most {MAX_NAME_CHARS} printable characters")
+        raise InvalidInput(f"{field} must be at most {MAX_NAME_CHARS} printable characters", details={"field": field})
     return value
 
 
@@ -319,29 +319,29 @@ def _confidence(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput("confidence must be a number in [0, 1]")
+        raise InvalidInput("confidence must be a number in [0, 1]", details={"field": "confidence"})
     value = float(value)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InvalidInput("confidence must be a number in [0, 1]")
+        raise InvalidInput("confidence must be a number in [0, 1]", details={"field": "confidence"})
     return value
 
 
 def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
     """Trimmed, lower-cased, de-duplicated and sorted; at most 32 of at most 64 chars."""
     if isinstance(tags, str):
-        raise InvalidInput("tags must be a list of strings")
+        raise InvalidInput("tags must be a list of strings", details={"field": "tags"})
     raw = list(tags)
     if len(raw) > MAX_TAGS:
         raise InvalidInput(f"at most {MAX_TAGS} tags are allowed")
     out: set[str] = set()
     for tag in raw:
         if not isinstance(tag, str):
-            raise InvalidInput("tags must be strings")
+            raise InvalidInput("tags must be strings", details={"field": "tags"})
         tag = flatten(tag).lower()
         if not tag:
             continue
         if len(tag) > MAX_TAG_CHARS:
-            raise InvalidInput(f"tags must be at most {MAX_TAG_CHARS} characters")
+            raise InvalidInput(f"tags must be at most {MAX_TAG_CHARS} characters", details={"field": "tags"})
         out.add(tag)
     return tuple(sorted(out))
 
@@ -359,7 +359,7 @@ def normalize_scopes(scopes: Iterable[str] | None) -> frozenset[str]:
 
 def _memory_id(memory_id: Any) -> str:
     if not is_ulid(memory_id):
-        raise InvalidInput("memory_id must be a canonical ULID")
+        raise InvalidInput("memory_id must be a canonical ULID", details={"field": "memory_id"})
     return memory_id
 
 
@@ -529,7 +529,7 @@ def purge_op(
     principal = _name("principal", principal)
     channel = None if channel is None else _name("channel", channel)
     if session_id is not None and not is_ulid(session_id):
-        raise InvalidInput("session_id must be a canonical ULID")
+        raise InvalidInput("session_id must be a canonical ULID", details={"field": "session_id"})
     where, args = _owner_filter(principal, channel, session_id, normalize_scopes(scopes), None)
 
     def op(txn: TxnLike) -> int:
@@ -772,7 +772,7 @@ class MemoryQueries:
     ) -> list[MemoryHit]:
         """Hybrid search over what the reader may see; best first, deterministic order."""
         if not isinstance(query, str):
-            raise InvalidInput("query must be a string")
+            raise InvalidInput("query must be a string", details={"field": "query"})
         size = len(query.encode("utf-8", "surrogatepass"))
         if size > MAX_QUERY_BYTES:
             raise PayloadTooLarge(
@@ -782,7 +782,7 @@ class MemoryQueries:
         if isinstance(min_score, bool) or not isinstance(min_score, int | float) or not (
             math.isfinite(min_score) and 0.0 <= min_score <= 1.0
         ):
-            raise InvalidInput("min_score must be a number in [0, 1]")
+            raise InvalidInput("min_score must be a number in [0, 1]", details={"field": "min_score"})
         limit = max(1, min(int(limit), MAX_SEARCH_TOP_K))
         now = self._now(now_ms)
         visibility = self._filter(principal, channel, session_id, scopes, False, now)

@@ -25,19 +25,22 @@ from palyra.orchestrator.sessions import SessionSelector
 from palyra.orchestrator.state import STATES
 from palyra.records import Identity, Run
 from palyra.support_bundle import DEFAULT_MAX_BYTES, MIN_MAX_BYTES
+from surfaces.http import console
 from surfaces.http import openai_compat as openai
 from surfaces.http.bundle_jobs import DEFAULT_RETAIN_JOBS, MAX_BUNDLE_BYTES, MAX_RETAIN_JOBS
 from surfaces.http.bundle_jobs import STATES as JOB_STATES
 from surfaces.http.metrics import CONTENT_TYPE as PROMETHEUS
 from surfaces.http.schema import (
     JSON,
+    LIMIT,
     SSE,
+    WINDOW,
     Body,
     Field,
     Param,
     Route,
     array_of,
-    dataclass_schema,
+    dataclass_schemas,
     obj,
     ref,
 )
@@ -415,11 +418,6 @@ async def get_support_bundle_job(call: Call) -> Any:
 # -- parameters and bodies ------------------------------------------------------------
 
 _STR = 256
-LIMIT = Param("limit", "integer", default=100, minimum=1, description="at most this many rows")
-WINDOW = (
-    Param("start_at_unix_ms", "integer", minimum=0, description="default: end - 30 days"),
-    Param("end_at_unix_ms", "integer", minimum=0, description="default: now"),
-)
 IDENTITY_FIELDS = (
     Field("principal", "string", max_length=_STR, description="default user:local"),
     Field("device_id", "string", max_length=_STR, description="default local"),
@@ -580,6 +578,7 @@ ROUTES: tuple[Route, ...] = (
           "OpenAI-compatible chat completion: the last user message becomes a run", "openai",
           "ChatCompletion", body=openai.CHAT_COMPLETION, content_types=(JSON, SSE),
           errors=(404, 409, 413, 502, 503, 504)),
+    *console.ROUTES,
 )
 
 
@@ -587,14 +586,7 @@ def schemas() -> dict[str, Any]:
     """Component schemas of every response (request bodies come from the table)."""
     from palyra.records import Approval, Session, TapeEvent
 
-    refs: dict[str, type] = {}
-    out: dict[str, Any] = {}
-    for cls in (Run, TapeEvent, Approval, Session):
-        out[cls.__name__] = dataclass_schema(cls, refs)
-    while refs:
-        name, cls = refs.popitem()
-        if name not in out:
-            out[name] = dataclass_schema(cls, refs)
+    out = dataclass_schemas(Run, TapeEvent, Approval, Session)
     obj_any = {"type": "object"}
     out.update({
         "Error": obj({"error": obj({"code": {"type": "string"}, "message": {"type": "string"},
@@ -657,5 +649,6 @@ def schemas() -> dict[str, Any]:
         "UsageModels": obj({"models": {"type": "array", "items": obj_any}}),
         "UsageTools": obj({"tools": {"type": "array", "items": obj_any}}),
         **openai.schemas(),
+        **console.schemas(),
     })
     return out

@@ -50,6 +50,7 @@ class Field:
     items: str | None = None  # arrays: a JSON type, or a component schema name
     max_length: int | None = None
     minimum: int | None = None
+    maximum: int | None = None
 
     def check(self, value: Any) -> Any:
         allowed = tuple(t for name in self.type.split("|") for t in _JSON_TYPES[name])
@@ -61,6 +62,8 @@ class Field:
             raise _bad(self.name, f"must be at most {self.max_length} long")
         if self.minimum is not None and value < self.minimum:
             raise _bad(self.name, f"must be >= {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise _bad(self.name, f"must be <= {self.maximum}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -74,6 +77,8 @@ class Field:
             base["maxLength" if self.type == "string" else "maxItems"] = self.max_length
         if self.minimum is not None:
             base["minimum"] = self.minimum
+        if self.maximum is not None:
+            base["maximum"] = self.maximum
         out = base if self.required else {"anyOf": [base, {"type": "null"}]}
         if self.description:
             out["description"] = self.description
@@ -182,6 +187,13 @@ class Param:
         return out
 
 
+# Parameters shared by many routes (the admin routes and the console routes).
+LIMIT = Param("limit", "integer", default=100, minimum=1, description="at most this many rows")
+WINDOW = (
+    Param("start_at_unix_ms", "integer", minimum=0, description="default: end - 30 days"),
+    Param("end_at_unix_ms", "integer", minimum=0, description="default: now"),
+)
+
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -252,6 +264,17 @@ def dataclass_schema(cls: type, refs: dict[str, type]) -> dict[str, Any]:
         required.append(field.name)
     return {"type": "object", "properties": props, "required": required,
             "description": (cls.__doc__ or cls.__name__).strip().splitlines()[0]}
+
+
+def dataclass_schemas(*classes: type) -> dict[str, Any]:
+    """Component schemas of ``classes`` and of every dataclass they nest."""
+    refs: dict[str, type] = {}
+    out = {cls.__name__: dataclass_schema(cls, refs) for cls in classes}
+    while refs:
+        name, cls = refs.popitem()
+        if name not in out:
+            out[name] = dataclass_schema(cls, refs)
+    return out
 
 
 def _type_schema(tp: Any, refs: dict[str, type]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import trio
 
+from palyra.ids import new_ulid
 from surfaces.http import create_app
 from surfaces.http.ratelimit import RateLimiter, RateLimits
 
@@ -31,6 +32,15 @@ STEP = 10.0  # seconds any single HTTP exchange may take in a test
 # Limits no test reaches by accident (the buckets still run on every request); the
 # rate-limit tests pass their own limits and a fake clock.
 GENEROUS = RateLimits(per_s=1e6, loopback_per_s=1e6, token_per_s=1e6)
+
+
+def concrete(path: str) -> str:
+    """A route path with every parameter filled with a (well-formed) ULID."""
+    for name in ("run_id", "approval_id", "policy_id", "job_id", "task_id", "candidate_id",
+                 "memory_id"):
+        path = path.replace("{" + name + "}", new_ulid())
+    assert "{" not in path, path
+    return path
 
 
 def merged(config: dict[str, Any] | None) -> dict[str, Any]:

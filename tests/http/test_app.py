@@ -10,17 +10,9 @@ import palyra
 from palyra.ids import new_ulid
 from surfaces.http import ROUTES, token_path
 from surfaces.http.errors import STATUS_BY_ERROR, from_exception, status_for
-from tests.http.conftest import serving
+from tests.http.conftest import concrete, serving
 
 pytestmark = pytest.mark.trio
-
-
-def concrete(path: str) -> str:
-    """A route path with every parameter filled with a (well-formed) ULID."""
-    for name in ("run_id", "approval_id", "policy_id", "job_id"):
-        path = path.replace("{" + name + "}", new_ulid())
-    assert "{" not in path, path
-    return path
 
 
 async def test_healthz_is_public_and_reports_the_service(api):

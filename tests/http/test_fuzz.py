@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from palyra.ids import new_ulid
 from surfaces.http import ROUTES, create_app
 from surfaces.http.schema import Body, Field
-from tests.http.conftest import GENEROUS, merged
+from tests.http.conftest import GENEROUS, concrete, merged
 from tests.http.servers import ServedApp
 
 EXAMPLES = int(os.environ.get("PALYRA_FUZZ_EXAMPLES", "30"))
@@ -75,12 +75,6 @@ def bodies(body: Body) -> st.SearchStrategy[bytes]:
     as_json = st.one_of(objects, objects, objects, with_extra, json_values).map(
         lambda value: json.dumps(value, allow_nan=True).encode())  # NaN: invalid JSON too
     return st.one_of(as_json, st.binary(max_size=64))
-
-
-def concrete(path: str) -> str:
-    for name in ("run_id", "approval_id", "policy_id"):
-        path = path.replace("{" + name + "}", new_ulid())
-    return path
 
 
 def check_envelope(response: httpx.Response) -> None:
