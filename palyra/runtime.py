@@ -201,7 +201,7 @@ class Runtime:
         self.incidents = Incidents(self)
         self.learning = Learning(self)
         self.api_tokens = ApiTokens(lambda: TokenQueries(svc.readers.conn()), self.journal.write,
-                                    self._send_nowait, clock)
+                                    self._send_nowait, clock, self.journal.draft)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None

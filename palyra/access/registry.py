@@ -32,6 +32,7 @@ from palyra.access.tokens import ApiToken
 from palyra.clock import Clock
 from palyra.errors import InvalidApiToken, NotFound
 from palyra.ids import new_ulid
+from palyra.journal.store import EventDraft, append_op
 
 log = logging.getLogger("palyra.access")
 
@@ -44,7 +45,8 @@ SendTouch = Callable[[Callable[..., Any]], bool]  # queue one op without waiting
 
 class ApiTokens:
     def __init__(self, queries: Callable[[], TokenQueries], write: Write, send_touch: SendTouch,
-                 clock: Clock) -> None:
+                 clock: Clock, draft: Callable[..., EventDraft]) -> None:
+        self._draft = draft  # JournalClient.draft: a redacted, sized journal event
         self._queries = queries
         self._write = write
         self._send_touch = send_touch
@@ -76,7 +78,10 @@ class ApiTokens:
             expires_at_unix_ms=None if expires_in is None else now + expires_in * 1000,
             _sha256=t.digest(token),
         )
-        self._write(insert_op(record))
+        audit = {"token_id": record.token_id, "name": name, "prefix": record.prefix,
+                 "scopes": list(scopes), "principal": principal, "rate_limit_per_minute": rate,
+                 "expires_at_unix_ms": record.expires_at_unix_ms}
+        self._write(self._audit("api_token.created", audit), insert_op(record))
         return token, record
 
     def list(self) -> list[ApiToken]:
@@ -90,13 +95,21 @@ class ApiTokens:
 
     def revoke(self, token_id: str) -> ApiToken:
         """Revoke now (durably, before returning); revoking twice keeps the first time."""
-        record = self._write(revoke_op(token_id, self._clock.now_ms()))
+        def audit(record: ApiToken) -> EventDraft:
+            return self._draft("api_token.revoked", {"token_id": record.token_id,
+                                                     "name": record.name}, actor="admin")
+
+        record = self._write(revoke_op(token_id, self._clock.now_ms(), audit))
         if record is None:
             raise NotFound(f"API token {token_id} not found", details={"token_id": token_id})
         with self._lock:
             self._revoked.add(token_id)
             self._cache.pop(record._sha256, None)
         return self._with_last_use(record)
+
+    def _audit(self, kind: str, payload: dict[str, Any]) -> Callable[..., Any]:
+        # an audit event in the same transaction as the row: both or neither
+        return append_op(self._draft(kind, payload, actor="admin"))
 
     # -- verification -------------------------------------------------------------------
 

@@ -46,14 +46,19 @@ def insert_op(token: ApiToken) -> Op:
     return op
 
 
-def revoke_op(token_id: str, now_ms: int) -> Op:
-    """Revoke (idempotent: a second revoke keeps the first time); None if unknown."""
+def revoke_op(token_id: str, now_ms: int, audit: Callable[[ApiToken], Any]) -> Op:
+    """Revoke (idempotent: a second revoke keeps the first time); None if unknown.
+    ``audit(record)`` returns the journal event of a revocation that took effect."""
 
     def op(txn: Txn) -> ApiToken | None:
         txn.conn.execute(
             "UPDATE api_tokens SET revoked_at_unix_ms = ?"
             " WHERE token_ulid = ? AND revoked_at_unix_ms IS NULL", (now_ms, token_id))
-        return _read(txn.conn, token_id)
+        changed = txn.conn.changes() > 0
+        record = _read(txn.conn, token_id)
+        if changed and record is not None:
+            txn.append_event(audit(record))
+        return record
 
     return op
 

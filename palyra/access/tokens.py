@@ -31,6 +31,7 @@ TOKEN_BYTES = 32
 DISPLAY_PREFIX_LEN = 12  # "palyra_" + 5 characters: enough to tell tokens apart in a list
 DEFAULT_RATE_LIMIT_PER_MINUTE = 120
 MAX_RATE_LIMIT_PER_MINUTE = 1_000_000
+MAX_EXPIRES_IN_S = 100 * 366 * 86_400  # a century: beyond it, "never" says it better
 
 MODELS_READ = "models.read"
 CHAT_CREATE = "chat.create"
@@ -112,6 +113,8 @@ def normalize_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
         scopes = (scopes,)
     wanted: set[str] = set()
     for scope in scopes:
+        if not isinstance(scope, str):
+            raise InvalidInput("scopes: every scope is a string", details={"field": "scopes"})
         if scope in SCOPE_GROUPS:
             wanted.update(SCOPE_GROUPS[scope])
         elif scope in SCOPES:
@@ -136,8 +139,8 @@ def check_rate_limit(value: Any) -> int:
 def check_expires_in(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("expires_in_s: a positive number of seconds",
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EXPIRES_IN_S:
+        raise InvalidInput(f"expires_in_s: a number of seconds from 1 to {MAX_EXPIRES_IN_S}",
                            details={"field": "expires_in_s"})
     return value
 
@@ -154,10 +157,15 @@ def authorize(record: ApiToken | None, presented_digest: str, scope: str | None,
     state = record.state(now_ms)
     if state != "active":
         raise _invalid(state)
-    if scope is not None and scope not in record.scopes:
+    if scope is not None:
+        require_scope(record, scope)
+    return record
+
+
+def require_scope(record: ApiToken, scope: str) -> None:
+    if scope not in record.scopes:
         raise MissingScope(f"this API token lacks the scope {scope!r}",
                            details={"scope": scope, "token_id": record.token_id})
-    return record
 
 
 def _invalid(reason: str) -> InvalidApiToken:

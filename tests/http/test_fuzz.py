@@ -78,7 +78,7 @@ def bodies(body: Body) -> st.SearchStrategy[bytes]:
 
 
 def concrete(path: str) -> str:
-    for name in ("run_id", "approval_id", "policy_id"):
+    for name in ("run_id", "approval_id", "policy_id", "token_id"):
         path = path.replace("{" + name + "}", new_ulid())
     return path
 
