@@ -78,7 +78,8 @@ class ApiTokens:
             expires_at_unix_ms=None if expires_in is None else now + expires_in * 1000,
             _sha256=t.digest(token),
         )
-        audit = {"token_id": record.token_id, "name": name, "prefix": record.prefix,
+        # "id", not "token_id": the payload redaction takes any key saying "token" for a secret
+        audit = {"id": record.token_id, "name": name, "prefix": record.prefix,
                  "scopes": list(scopes), "principal": principal, "rate_limit_per_minute": rate,
                  "expires_at_unix_ms": record.expires_at_unix_ms}
         self._write(self._audit("api_token.created", audit), insert_op(record))
@@ -96,8 +97,8 @@ class ApiTokens:
     def revoke(self, token_id: str) -> ApiToken:
         """Revoke now (durably, before returning); revoking twice keeps the first time."""
         def audit(record: ApiToken) -> EventDraft:
-            return self._draft("api_token.revoked", {"token_id": record.token_id,
-                                                     "name": record.name}, actor="admin")
+            return self._draft("api_token.revoked", {"id": record.token_id, "name": record.name},
+                               actor="admin")
 
         record = self._write(revoke_op(token_id, self._clock.now_ms(), audit))
         if record is None:
