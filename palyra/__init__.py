@@ -10,15 +10,18 @@ from typing import TYPE_CHECKING, Any
 from palyra.config import Config, SupervisionConfig
 from palyra.errors import (
     ActorUnavailable,
+    AdminTokenRequired,
     AlreadyExists,
     ApprovalRequired,
     BudgetExceeded,
     ChainBroken,
     Conflict,
     IdentityMismatch,
+    InvalidApiToken,
     InvalidInput,
     InvalidTransition,
     JournalError,
+    MissingScope,
     NotFound,
     PalyraError,
     PayloadTooLarge,
@@ -34,9 +37,9 @@ from palyra.errors import (
 from palyra.journal.store import AppendResult, ChainReport, JournalSettings
 
 __all__ = [
-    "ActorUnavailable", "AlreadyExists", "AppendResult", "ApprovalRequired", "BudgetExceeded",
-    "ChainBroken", "ChainReport", "Config", "Conflict", "IdentityMismatch", "InvalidInput",
-    "InvalidTransition", "JournalError", "JournalSettings", "NotFound", "PalyraError",
+    "ActorUnavailable", "AdminTokenRequired", "AlreadyExists", "AppendResult", "ApprovalRequired", "BudgetExceeded",
+    "ChainBroken", "ChainReport", "Config", "Conflict", "IdentityMismatch", "InvalidApiToken", "InvalidInput",
+    "InvalidTransition", "JournalError", "JournalSettings", "MissingScope", "NotFound", "PalyraError",
     "PayloadTooLarge", "PermissionDenied", "ProviderError", "RateLimited", "ResourceExhausted",
     "Runtime", "RuntimeStopped", "SecretLeak", "StopReport", "SupervisionConfig", "Timeout", "Unauthenticated",
 ]

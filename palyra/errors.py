@@ -67,6 +67,25 @@ class Unauthenticated(PalyraError):
     code = "unauthenticated"
 
 
+class InvalidApiToken(Unauthenticated):
+    """An API token that is unknown, revoked or expired (spec 11). One code for all
+    three: the caller learns nothing about which tokens exist or existed."""
+
+    code = "invalid_api_token"
+
+
+class MissingScope(PermissionDenied):
+    """A valid API token without the scope the request needs; ``details.scope`` names it."""
+
+    code = "missing_scope"
+
+
+class AdminTokenRequired(PermissionDenied):
+    """A valid API token on a route only the admin token may use."""
+
+    code = "admin_token_required"
+
+
 class BudgetExceeded(PalyraError):
     code = "budget_exceeded"
 

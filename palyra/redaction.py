@@ -39,6 +39,9 @@ Where we deliberately differ from upstream:
   caught; upstream's payload list matches only the raw lower-case key.
 * **URL userinfo** becomes ``<redacted>@host`` rather than being dropped, so a reader can
   see that credentials were present and removed.
+* **Palyra API tokens** (``palyra_`` + base64url) are credentials wherever they appear:
+  a string holding one is replaced whole in payloads, and the token itself is cut out
+  of diagnostics text.
 * **Depth bound.** Nesting deeper than :data:`MAX_DEPTH` is replaced by ``"<redacted>"``:
   no legitimate payload is that deep, and a bounded walk cannot exhaust the stack.
 
@@ -59,6 +62,7 @@ import orjson
 __all__ = [
     "MAX_DEPTH",
     "MIN_SECRET_LEN",
+    "PALYRA_TOKEN_RE",
     "REDACTED",
     "contains_secret",
     "redact_diagnostics",
@@ -244,8 +248,15 @@ def _token_details(
 _SECRET_VALUE_RE = re.compile("|".join(map(re.escape, _SECRET_VALUE_MARKERS)), re.IGNORECASE)
 
 
+# Palyra API tokens ("palyra_" + base64url of 32 bytes) in any text. Requiring 32+
+# characters with a digit or capital keeps our own snake_case identifiers (metric names,
+# "palyra_console_session", ...) out.
+PALYRA_TOKEN_RE = re.compile(r"\bpalyra_(?=[a-z0-9_-]*[A-Z0-9])[A-Za-z0-9_-]{32,}")
+
+
 def _looks_like_secret(text: str) -> bool:
-    return text[:3].lower() == "sk-" or _SECRET_VALUE_RE.search(text) is not None
+    return (text[:3].lower() == "sk-" or _SECRET_VALUE_RE.search(text) is not None
+            or ("palyra_" in text and PALYRA_TOKEN_RE.search(text) is not None))
 
 
 _SQUASH = b"_-. :="
@@ -275,7 +286,7 @@ _HINT_SEARCH = re.compile(b"|".join(re.escape(w) for w in _HINT_WORDS))
 
 def _may_need_redaction(raw: bytes) -> bool:
     lowered = raw.lower()
-    if b"sk-" in lowered:
+    if b"sk-" in lowered or b"palyra_" in lowered:
         return True
     if b'tokens":' in lowered:
         lowered = _COUNTERS_RE.sub(b"", lowered)
@@ -475,7 +486,8 @@ def _redact_diag(value: Any, mode: str | None, depth: int) -> Any:
             return redact_message(value)
         # Any other string can still quote a URL (a status line, a config value);
         # userinfo and signed query strings are never wanted in a bundle, whatever the key.
-        return _redact_urls_in_text(value)
+        # Nor is an API token, whatever the key.
+        return PALYRA_TOKEN_RE.sub(REDACTED, _redact_urls_in_text(value))
     return value
 
 
@@ -611,6 +623,7 @@ def redact_message(text: str) -> str:
     text = _redact_urls_in_text(text)
     text = _COOKIE_HEADER_RE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = PALYRA_TOKEN_RE.sub(REDACTED, text)
     return _redact_assignments(text)
 
 

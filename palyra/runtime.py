@@ -40,7 +40,7 @@ from actors.gateway import (
     StartRun,
 )
 from actors.hub import EventHub
-from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder
+from actors.journal import JOURNAL, JournalActor, JournalClient, SupervisionRecorder, Write
 from actors.learning import LEARNING, LearningActor, Review
 from actors.learning import candidates as learning_candidates
 from actors.memory import MEMORY, Maintain, MemoryActor
@@ -50,6 +50,8 @@ from actors.runs import RunsSupervisor
 from actors.self_healing import SELF_HEALING, SelfHealingActor
 from actors.services import RuntimeServices
 from actors.workers import WorkerPool
+from palyra.access.registry import ApiTokens
+from palyra.access.store import TokenQueries
 from palyra.background.store import TaskQueries
 from palyra.background.tasks import BackgroundTask
 from palyra.clock import SYSTEM_CLOCK, Clock
@@ -199,6 +201,8 @@ class Runtime:
         self.tasks = Tasks(self)
         self.incidents = Incidents(self)
         self.learning = Learning(self)
+        self.api_tokens = ApiTokens(lambda: TokenQueries(svc.readers.conn()), self.journal.write,
+                                    self._send_nowait, clock, self.journal.draft)
         self.aio = AsyncRuntime(self)
         self._lock = threading.Lock()
         self._root: Any = None
@@ -247,6 +251,10 @@ class Runtime:
                 self.stopped.wait(120)
                 return self.stop_report  # type: ignore[return-value]
             self._stopping = True
+        try:
+            self.api_tokens.flush()  # last-use times still in memory
+        except Exception:
+            log.warning("could not record API token last-use times at stop", exc_info=True)
         root = self._root
         if root is not None and root.ref.is_alive():
             try:
@@ -367,6 +375,18 @@ class Runtime:
     def _queries(self) -> Queries:
         """Reads on the caller's own connection (apsw cursors are not shareable)."""
         return Queries(self.services.readers.conn())
+
+    def _send_nowait(self, op: Any) -> bool:
+        """Queue one journal op without waiting or retrying (False if the journal is
+        away): for bookkeeping a request path must never block on."""
+        ref = self.services.names.get(JOURNAL)
+        if ref is None or self.stopped.is_set():
+            return False
+        try:
+            ref.tell(Write((op,)))
+        except pykka.ActorDeadError:
+            return False
+        return True
 
     def _request(self, name: str, message: Any, timeout: float | None = 30.0) -> Any:
         self._check_running()

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from palyra.errors import SecretLeak
-from palyra.redaction import MIN_SECRET_LEN, REDACTED, contains_secret, redact_diagnostics
+from palyra.redaction import (
+    MIN_SECRET_LEN,
+    PALYRA_TOKEN_RE,
+    REDACTED,
+    contains_secret,
+    redact_diagnostics,
+)
 
 __all__ = ["admin_token", "find_leaks", "known_secrets", "refuse_leaks", "scrub_patterns"]
 
@@ -37,7 +43,7 @@ _ENV_PATH_SUFFIXES = ("_file", "_path", "_dir")
 _PATTERNS = {
     "bearer_credential": re.compile(r"(?i)\b(bearer[ \t]+)[A-Za-z0-9._~+/=-]{8,}"),
     "sk_api_key": re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
-    "palyra_api_token": re.compile(r"\bpalyra_(?=[a-z0-9_-]*[A-Z0-9])[A-Za-z0-9_-]{32,}"),
+    "palyra_api_token": PALYRA_TOKEN_RE,
 }
 
 

@@ -710,3 +710,20 @@ def test_property_diagnostics_hide_secret_in_keys_and_urls(
     assert secret not in text
     assert "page=2" in text
     assert redact_diagnostics(once) == once
+
+
+def test_palyra_api_tokens_are_redacted_in_payloads_and_diagnostics():
+    from palyra.access.tokens import generate
+
+    token = generate()
+    payload, redacted = sanitize_payload({"note": f"use {token} for the bot", "count": 3})
+    assert redacted and token not in payload
+    assert orjson.loads(payload) == {"note": REDACTED, "count": 3}
+    assert sanitize_payload(orjson.loads(payload))[0] == payload  # idempotent
+    doc = redact_diagnostics({"status": f"auth with {token}", "last_error": f"bad {token}!"})
+    assert doc == {"status": f"auth with {REDACTED}", "last_error": f"bad {REDACTED}!"}
+    assert redact_message(f"Authorization header held {token}") == \
+        f"Authorization header held {REDACTED}"
+    # our own identifiers are not tokens
+    for text in ("palyra_console_session", "palyra_http_requests_total_by_route_and_status"):
+        assert sanitize_payload({"name": text}) == (orjson.dumps({"name": text}).decode(), False)

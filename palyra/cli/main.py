@@ -403,6 +403,39 @@ def cmd_usage_summary(args: argparse.Namespace, d: Daemon) -> int:
     return EXIT_OK
 
 
+def _token_line(t: dict[str, Any]) -> str:
+    expires = t["expires_at_unix_ms"] or "never"
+    used = t["last_used_at_unix_ms"] or "never"
+    return (f"{t['token_id']}  {t['name']:<16} {t['prefix']}...  {t['state']:<7} "
+            f"{','.join(t['scopes'])}  as {t['principal']}  {t['rate_limit_per_minute']}/min  "
+            f"expires {expires}  last used {used}")
+
+
+def cmd_tokens_create(args: argparse.Namespace, d: Daemon) -> int:
+    body = {"name": args.name, "scopes": args.scope, "principal": args.principal,
+            "expires_in_s": args.expires_in, "rate_limit_per_minute": args.rate_limit}
+    made = d.call("POST", "/admin/v1/api-tokens",
+                  json={k: v for k, v in body.items() if v is not None})
+    # the token goes to stdout (to be captured), the warning to stderr (to be seen)
+    print("palyra: store this token now: it is shown only once and cannot be recovered",
+          file=sys.stderr)
+    _print(made, args.json, f"{made['token']}\n{_token_line(made)}")
+    return EXIT_OK
+
+
+def cmd_tokens_list(args: argparse.Namespace, d: Daemon) -> int:
+    data = d.call("GET", "/admin/v1/api-tokens")
+    _print(data, args.json, "\n".join(map(_token_line, data["api_tokens"])) or "(no API tokens)")
+    return EXIT_OK
+
+
+def cmd_tokens_revoke(args: argparse.Namespace, d: Daemon) -> int:
+    record = d.call("POST", f"/admin/v1/api-tokens/{args.token_id}/revoke")
+    _print(record, args.json, f"revoked {record['token_id']} ({record['name']}) at "
+                              f"{record['revoked_at_unix_ms']}")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------
 
 
@@ -506,6 +539,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, help="start_at_unix_ms")
     p.add_argument("--end", type=int, help="end_at_unix_ms")
     p.add_argument("--bucket", choices=("auto", "hour", "day"), default="auto")
+    tokens = group("tokens", "API tokens for the OpenAI-compatible routes")
+    p = leaf(tokens, "create", "create a token (printed once: store it)", cmd_tokens_create)
+    p.add_argument("name")
+    p.add_argument("--scope", action="append", required=True, metavar="SCOPE",
+                   help="models.read, chat.create or compat.* (repeatable)")
+    p.add_argument("--principal", help="whom its runs belong to (default api:NAME)")
+    p.add_argument("--expires-in", type=int, metavar="SECONDS", help="default: never")
+    p.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute (default 120)")
+    leaf(tokens, "list", "tokens (never their values)", cmd_tokens_list)
+    leaf(tokens, "revoke", "revoke a token at once", cmd_tokens_revoke).add_argument("token_id")
+
     from palyra.cli import console  # its commands use this module's client and printer
 
     console.register(sub, common, group, leaf, budgets=budgets, usage=usage)

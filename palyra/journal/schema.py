@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import apsw
 
+from palyra.access.schema import SCHEMA_SQL as ACCESS_SCHEMA_SQL
 from palyra.background.schema import SCHEMA_SQL as BACKGROUND_SCHEMA_SQL
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.healing.schema import SCHEMA_SQL as HEALING_SCHEMA_SQL
@@ -233,6 +234,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (5, "background_tasks", BACKGROUND_SCHEMA_SQL),
     (6, "learning", LEARNING_SCHEMA_SQL),
     (7, "self_healing", HEALING_SCHEMA_SQL),
+    (8, "api_tokens", ACCESS_SCHEMA_SQL),
 ]
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from palyra.access.tokens import looks_like_token
 from palyra.config import Config
-from palyra.errors import PalyraError
+from palyra.errors import PalyraError, Unauthenticated
 from surfaces.http import auth
 from surfaces.http.errors import MAX_BODY_BYTES, from_exception
 from surfaces.http.ratelimit import Clock, RateLimiter, RateLimitExceeded, RateLimits
@@ -23,6 +24,7 @@ from surfaces.http.streams import SSE_POLICY
 
 DEFAULT_STATE_DIR = ".palyra-state"
 _PUBLIC = frozenset(r.name for r in ROUTES if r.public)
+_SCOPE = {r.name: r.scope for r in ROUTES}  # the API-token scope admitting each route
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -33,8 +35,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                                "<state_dir>/admin.token).\n\n"
                                "Rate limits (every route but /healthz): token buckets per "
                                "client address, by default 30 requests/s (120/s from "
-                               "loopback), and per token, by default 120/s (configurable with "
-                               "PALYRA_RATE_LIMIT_*). Over a limit: 429 with Retry-After and "
+                               "loopback), and per token: the admin token by default 120/s "
+                               "(configurable with PALYRA_RATE_LIMIT_*), an API token at its "
+                               "own rate_limit_per_minute (default 120). Over a limit: 429 with Retry-After and "
                                "the error envelope (code rate_limited, details.scope ip or "
                                "token).\n\n" + SSE_POLICY)
 
@@ -108,7 +111,8 @@ def _view(route: Route, surface: Surface) -> Any:
         body: dict[str, Any] = {}
         if route.body is not None:
             body = route.body.parse(await request.get_data(cache=False))
-        call = Call(surface, dict(path), query, headers, body, request.headers)
+        call = Call(surface, dict(path), query, headers, body, request.headers,
+                    g.get("api_token"))
         return await route.handler(call)
 
     view.__name__ = route.name
@@ -179,8 +183,19 @@ def create_app(runtime: Any = None, *, state_dir: str | os.PathLike[str] | None 
         surface.limiter.check_ip(str(client[0]) if client else None)
         if not surface.token:
             raise PalyraError("the admin token is not loaded")
-        auth.check_bearer(request.headers.get("Authorization"), surface.token)
-        surface.limiter.check_token(surface.token)
+        value = auth.bearer_value(request.headers.get("Authorization"))
+        if auth.is_admin(value, surface.token):
+            surface.limiter.check_token(surface.token)
+            return
+        if not looks_like_token(value):
+            raise Unauthenticated("invalid admin token")
+        tokens = surface.runtime.api_tokens
+        # a cache hit is a digest and a dict lookup; a miss reads the database, off-loop
+        record = tokens.verify_cached(value) or await surface.pool.run(tokens.verify, value)
+        # limited before the scope check: a valid token hammering a forbidden route pays
+        surface.limiter.check_api_token(record.token_id, record.rate_limit_per_minute)
+        auth.admit_api_token(record, _SCOPE.get(request.endpoint or ""))
+        g.api_token = record
 
     @app.after_request
     async def close_when_draining(response: Response) -> Response:

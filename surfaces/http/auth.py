@@ -1,4 +1,12 @@
-"""The admin bearer token: generated once per state directory, compared in constant time."""
+"""Bearer auth: the admin token (generated once per state directory, compared in
+constant time) or an API token (``palyra_...``, see :mod:`palyra.access`).
+
+Which routes take which: every route takes the admin token; a route with a ``scope``
+in the table also takes an API token holding that scope. An API token anywhere else is
+a 403 ``admin_token_required`` (it is valid, it is just not enough), an unknown, revoked
+or expired one a 401 ``invalid_api_token``, a token without the scope a 403
+``missing_scope``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from palyra.errors import Unauthenticated
+from palyra.access.tokens import ApiToken, require_scope
+from palyra.errors import AdminTokenRequired, Unauthenticated
 
 log = logging.getLogger("palyra.http")
 
@@ -46,12 +55,30 @@ def ensure_admin_token(state_dir: str | os.PathLike[str]) -> str:
     return token
 
 
-def check_bearer(header: str | None, token: str) -> None:
-    """Raise :class:`Unauthenticated` unless ``header`` is ``Bearer <token>``."""
+def bearer_value(header: str | None) -> str:
+    """The credential of ``Authorization: Bearer <credential>``, or :class:`Unauthenticated`."""
     if not header:
-        raise Unauthenticated("missing Authorization: Bearer <admin token>")
+        raise Unauthenticated("missing Authorization: Bearer <token>")
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthenticated("Authorization must be 'Bearer <admin token>'")
-    if not hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8")):
+        raise Unauthenticated("Authorization must be 'Bearer <token>'")
+    return value.strip()
+
+
+def is_admin(value: str, token: str) -> bool:
+    return hmac.compare_digest(value.encode("utf-8"), token.encode("utf-8"))
+
+
+def check_bearer(header: str | None, token: str) -> None:
+    """Raise :class:`Unauthenticated` unless ``header`` is ``Bearer <admin token>``."""
+    if not is_admin(bearer_value(header), token):
         raise Unauthenticated("invalid admin token")
+
+
+def admit_api_token(record: ApiToken, route_scope: str | None) -> None:
+    """A verified API token on a route: admitted, or 403 saying what is missing."""
+    if route_scope is None:
+        raise AdminTokenRequired("this route needs the admin token; API tokens are accepted "
+                                 "only on the OpenAI-compatible routes",
+                                 details={"token_id": record.token_id})
+    require_scope(record, route_scope)

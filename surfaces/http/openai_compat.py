@@ -1,7 +1,10 @@
 """The OpenAI-compatible surface: ``/v1/models`` and ``/v1/chat/completions``.
 
-Each completion is one run through the gateway, in a fresh session of the principal
-``user`` (or ``openai:default``): only the last user message is sent, because the
+Each completion is one run through the gateway, in a fresh session of its principal:
+with an API token, always the token's principal (``user`` is accepted, as OpenAI
+clients send it, but cannot move the run to another principal: a token acts as exactly
+one identity); with the admin token, ``user`` (or ``openai:default``). Only the last
+user message is sent, because the
 request carries the conversation and the session would otherwise replay its own
 history on top. Streaming relays the run's live ``model_token`` events.
 """
@@ -32,7 +35,9 @@ CHAT_COMPLETION = Body("ChatCompletionRequest", (
     Field("model", "string", required=True, description="see GET /v1/models"),
     Field("messages", "array", required=True, items="object"),
     Field("stream", "boolean"),
-    Field("user", "string", max_length=256, description="the principal of the run"),
+    Field("user", "string", max_length=256,
+          description="the principal of the run (admin token only; with an API token the "
+                      "run is the token's principal's)"),
     # Accepted for client compatibility and ignored: the daemon's routing and governance
     # decide how the model is called.
     Field("temperature", "number"),
@@ -96,6 +101,13 @@ def _content_text(content: Any, field: str) -> str:
                        details={"field": field})
 
 
+def principal_of(call: Call) -> str:
+    """Whom a completion's run belongs to (see the module docstring)."""
+    if call.api_token is not None:
+        return call.api_token.principal
+    return call.body.get("user") or DEFAULT_PRINCIPAL
+
+
 async def chat_completions(call: Call) -> Any:
     s, rt, body = call.surface, call.rt, call.body
     model, _ = _model(call)
@@ -105,7 +117,7 @@ async def chat_completions(call: Call) -> Any:
     if not body["messages"]:
         raise InvalidInput("messages must not be empty", details={"field": "messages"})
     text = _last_user_text(body["messages"])
-    principal = body.get("user") or DEFAULT_PRINCIPAL
+    principal = principal_of(call)
     run_id = new_ulid()
     stream = bool(body.get("stream"))
     # Subscribe before the run exists: nothing can slip past. A non-streaming answer

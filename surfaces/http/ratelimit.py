@@ -2,7 +2,9 @@
 
 Every request but ``/healthz`` takes one token from the bucket of its client address
 (checked before authentication, so a flood of wrong tokens is limited too), and an
-authenticated request also takes one from the bucket of its bearer token. An empty
+authenticated request also takes one from the bucket of its bearer token: the admin
+token's at the configured per-token rate, an API token's (keyed by its id) at the
+token's own ``rate_limit_per_minute``. An empty
 bucket is a ``429`` with ``Retry-After`` (whole seconds, rounded up) and the error
 envelope (code ``rate_limited``, ``details.scope`` ``ip`` or ``token``,
 ``details.retry_after_ms``).
@@ -186,14 +188,24 @@ class RateLimiter:
             self._limited("ip", f"too many requests from {key} (limit {rate:g}/s)", wait)
 
     def check_token(self, token: str) -> None:
+        """The admin token's bucket (the configured per-token rate)."""
         rate, burst = self.limits.token()
         if rate <= 0:
             return
         # keyed by a digest: the table must not hold bearer secrets
         key = hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+        self._take_token(key, rate, burst, f"{rate:g}/s")
+
+    def check_api_token(self, token_id: str, per_minute: int) -> None:
+        """An API token's bucket, keyed by its id, at its own ``rate_limit_per_minute``
+        (a bucket holds one minute's worth; the configured per-token rate does not apply)."""
+        self._take_token(f"api:{token_id}", per_minute / 60.0, float(per_minute),
+                         f"{per_minute}/min")
+
+    def _take_token(self, key: str, rate: float, burst: float, limit: str) -> None:
         wait = self.tokens.take(key, rate, burst, self.clock())
         if wait:
-            self._limited("token", f"too many requests with this token (limit {rate:g}/s)", wait)
+            self._limited("token", f"too many requests with this token (limit {limit})", wait)
 
     def _limited(self, scope: str, message: str, wait: float) -> None:
         if self.on_limited is not None:

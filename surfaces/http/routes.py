@@ -17,6 +17,14 @@ from quart import Response, current_app
 
 from actors.budget import BUDGET, PutPolicy, PutPricing, RequestOverride
 from actors.gateway import GATEWAY, ArchiveSession, ResolveSessionRequest
+from palyra.access.tokens import (
+    CHAT_CREATE,
+    DEFAULT_RATE_LIMIT_PER_MINUTE,
+    MODELS_READ,
+    SCOPE_GROUPS,
+    ApiToken,
+)
+from palyra.access.tokens import SCOPES as API_TOKEN_SCOPES
 from palyra.errors import InvalidInput
 from palyra.governance import UsageScope
 from palyra.ids import new_ulid
@@ -415,9 +423,43 @@ async def get_support_bundle_job(call: Call) -> Any:
     return respond(call.surface.bundle_jobs.get(call.ulid("job_id")).to_record())
 
 
+# -- API tokens -----------------------------------------------------------------------
+
+
+def _token_record(call: Call, record: ApiToken) -> dict[str, Any]:
+    return {**record.to_record(), "state": record.state(call.rt.clock.now_ms())}
+
+
+async def create_api_token(call: Call) -> Any:
+    b, tokens = call.body, call.rt.api_tokens
+    token, record = await call.pool.run(
+        tokens.create, b["name"], b["scopes"], principal=b.get("principal"),
+        expires_in_s=b.get("expires_in_s"),
+        rate_limit_per_minute=b.get("rate_limit_per_minute", DEFAULT_RATE_LIMIT_PER_MINUTE))
+    return respond({**_token_record(call, record), "token": token}, 201,
+                   {"Location": f"/admin/v1/api-tokens/{record.token_id}",
+                    "Cache-Control": "no-store"})
+
+
+async def list_api_tokens(call: Call) -> Any:
+    records = await call.pool.run(call.rt.api_tokens.list)
+    return respond({"api_tokens": [_token_record(call, r) for r in records]})
+
+
+async def get_api_token(call: Call) -> Any:
+    record = await call.pool.run(call.rt.api_tokens.get, call.ulid("token_id"))
+    return respond(_token_record(call, record))
+
+
+async def revoke_api_token(call: Call) -> Any:
+    record = await call.pool.run(call.rt.api_tokens.revoke, call.ulid("token_id"))
+    return respond(_token_record(call, record))
+
+
 # -- parameters and bodies ------------------------------------------------------------
 
 _STR = 256
+TOKEN_SCOPES = (*API_TOKEN_SCOPES, *SCOPE_GROUPS)
 IDENTITY_FIELDS = (
     Field("principal", "string", max_length=_STR, description="default user:local"),
     Field("device_id", "string", max_length=_STR, description="default local"),
@@ -472,6 +514,17 @@ SUPPORT_BUNDLE_JOB = Body("SupportBundleJobRequest", (
           description=f"size cap, default {DEFAULT_MAX_BYTES}, at most {MAX_BUNDLE_BYTES}"),
     Field("retain_jobs", "integer", minimum=1,
           description=f"jobs kept in memory, default {DEFAULT_RETAIN_JOBS}, at most {MAX_RETAIN_JOBS}"),
+))
+CREATE_API_TOKEN = Body("ApiTokenRequest", (
+    Field("name", "string", required=True, max_length=64,
+          description="letters, digits, '.', '_', '-'; the default principal is api:<name>"),
+    Field("scopes", "array", required=True, items="string", max_length=16,
+          description=f"from {', '.join(TOKEN_SCOPES)}; compat.* stands for all of them"),
+    Field("principal", "string", max_length=_STR,
+          description="whom the token's runs belong to (default api:<name>)"),
+    Field("expires_in_s", "integer", minimum=1, description="default: never expires"),
+    Field("rate_limit_per_minute", "integer", minimum=1,
+          description=f"default {DEFAULT_RATE_LIMIT_PER_MINUTE}"),
 ))
 OVERRIDE = Body("OverrideRequest", (Field("reason", "string", max_length=512),))
 PRICING = Body("PricingInput", (
@@ -572,14 +625,45 @@ ROUTES: tuple[Route, ...] = (
           "UsageModels", query=WINDOW),
     Route("GET", "/admin/v1/usage/tools", usage_tools, "Tool proposals per tool", "usage",
           "UsageTools", query=WINDOW),
+    Route("POST", "/admin/v1/api-tokens", create_api_token,
+          "Create an API token (the token is in this answer only: store it now)", "access",
+          "ApiTokenCreated", status=201, body=CREATE_API_TOKEN),
+    Route("GET", "/admin/v1/api-tokens", list_api_tokens,
+          "API tokens, newest first (never their values)", "access", "ApiTokenList"),
+    Route("GET", "/admin/v1/api-tokens/{token_id}", get_api_token, "One API token", "access",
+          "ApiToken", errors=(404,)),
+    Route("POST", "/admin/v1/api-tokens/{token_id}/revoke", revoke_api_token,
+          "Revoke an API token (at once; revoking twice keeps the first time)", "access",
+          "ApiToken", errors=(404,)),
     Route("GET", "/v1/models", openai.list_models, "OpenAI-compatible: the served model",
-          "openai", "ModelList"),
+          "openai", "ModelList", scope=MODELS_READ),
     Route("POST", "/v1/chat/completions", openai.chat_completions,
           "OpenAI-compatible chat completion: the last user message becomes a run", "openai",
           "ChatCompletion", body=openai.CHAT_COMPLETION, content_types=(JSON, SSE),
-          errors=(404, 409, 413, 502, 503, 504)),
+          errors=(404, 409, 413, 502, 503, 504), scope=CHAT_CREATE),
     *console.ROUTES,
 )
+
+
+def _api_token_schemas() -> dict[str, Any]:
+    nullable_ms = {"type": ["integer", "null"]}
+    record = obj({
+        "token_id": {"type": "string"}, "name": {"type": "string"},
+        "prefix": {"type": "string", "description": "the token's first characters, to tell "
+                                                    "tokens apart (not enough to use one)"},
+        "scopes": {"type": "array", "items": {"type": "string", "enum": list(TOKEN_SCOPES)}},
+        "principal": {"type": "string"}, "rate_limit_per_minute": {"type": "integer"},
+        "created_at_unix_ms": {"type": "integer"}, "expires_at_unix_ms": nullable_ms,
+        "revoked_at_unix_ms": nullable_ms, "last_used_at_unix_ms": nullable_ms,
+        "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
+    }, required=["token_id", "name", "prefix", "scopes", "principal", "state"])
+    return {
+        "ApiToken": record,
+        "ApiTokenCreated": {"allOf": [ref("ApiToken"), obj(
+            {"token": {"type": "string", "description": "the token itself, shown once"}},
+            required=["token"])]},
+        "ApiTokenList": obj({"api_tokens": array_of("ApiToken")}, required=["api_tokens"]),
+    }
 
 
 def schemas() -> dict[str, Any]:
@@ -648,6 +732,7 @@ def schemas() -> dict[str, Any]:
         "UsageSummary": {"type": "object", "description": "UsageSummaryEnvelope"},
         "UsageModels": obj({"models": {"type": "array", "items": obj_any}}),
         "UsageTools": obj({"tools": {"type": "array", "items": obj_any}}),
+        **_api_token_schemas(),
         **openai.schemas(),
         **console.schemas(),
     })

@@ -210,6 +210,8 @@ class Route:
     headers: tuple[Param, ...] = ()
     body: Body | None = None
     public: bool = False  # no bearer token needed
+    # The API-token scope that admits this route; None: only the admin token does.
+    scope: str | None = None
     content_types: tuple[str, ...] = (JSON,)
     errors: tuple[int, ...] = ()
 
@@ -328,9 +330,11 @@ ref = _ref
 
 _ERRORS = {
     400: "invalid input (details.field names the offending field)",
-    401: "missing or wrong bearer token",
+    401: "missing or wrong bearer token (code invalid_api_token: an unknown, revoked or "
+         "expired API token)",
     402: "a usage budget blocks this request",
-    403: "permission denied",
+    403: "permission denied (code missing_scope: the API token lacks details.scope; "
+         "admin_token_required: an API token on an admin-only route)",
     404: "not found",
     409: "conflicts with the current state",
     413: "request body larger than 64 KiB",
@@ -373,7 +377,7 @@ def openapi(routes: tuple[Route, ...], schemas: dict[str, Any], *, title: str,
         responses: dict[str, Any] = {str(route.status): success}
         codes = set(route.errors) | ({400} if route.body or route.query else set())
         if not route.public:
-            codes |= {401, 429}
+            codes |= {401, 403, 429}
         codes.add(500)
         for code in sorted(codes):
             responses[str(code)] = {
@@ -383,13 +387,20 @@ def openapi(routes: tuple[Route, ...], schemas: dict[str, Any], *, title: str,
         op["responses"] = responses
         if route.public:
             op["security"] = []
+        elif route.scope is not None:
+            op["x-palyra-api-token-scope"] = route.scope
+            op["description"] = (f"Accepts the admin token or an API token with the scope "
+                                 f"`{route.scope}`.")
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "the admin token (admin.token)"}},
+                                           "description": "the admin token (admin.token), "
+                                                          "or on routes that name an "
+                                                          "x-palyra-api-token-scope an API "
+                                                          "token (palyra_...) with that scope"}},
             "schemas": components,
         },
         "security": [{"bearer": []}],

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from quart import Response
 
+from palyra.access.tokens import ApiToken
 from palyra.config import Config
 from palyra.diagnostics import palyra_version as version
 from palyra.errors import InvalidInput, RuntimeStopped
@@ -95,6 +96,7 @@ class Call:
     headers: dict[str, Any]
     body: dict[str, Any]
     raw_headers: Any
+    api_token: ApiToken | None = None  # None: the caller used the admin token
 
     @property
     def rt(self) -> Any:

@@ -37,7 +37,7 @@ GENEROUS = RateLimits(per_s=1e6, loopback_per_s=1e6, token_per_s=1e6)
 def concrete(path: str) -> str:
     """A route path with every parameter filled with a (well-formed) ULID."""
     for name in ("run_id", "approval_id", "policy_id", "job_id", "task_id", "candidate_id",
-                 "memory_id"):
+                 "memory_id", "token_id"):
         path = path.replace("{" + name + "}", new_ulid())
     assert "{" not in path, path
     return path

@@ -38,6 +38,33 @@ async def test_every_route_but_healthz_requires_the_admin_token(api):
     assert (await api.get("/admin/v1/nope", auth=False)).status == 401
 
 
+async def test_api_tokens_open_exactly_the_routes_with_their_scope(api):
+    """The table says which routes take an API token (``scope``); every other route
+    answers a valid API token with 403 admin_token_required, before its handler runs."""
+    scoped = {r.path: r.scope for r in ROUTES if r.scope}
+    assert scoped == {"/v1/models": "models.read", "/v1/chat/completions": "chat.create"}
+    everything, _ = api.rt.api_tokens.create("all", ["compat.*"])
+    nothing, _ = api.rt.api_tokens.create("models-only", ["models.read"])
+    for route in ROUTES:
+        if route.public:
+            continue
+        path = concrete(route.path)
+        body = {} if route.body else None
+        reply = await api.call(route.method, path, auth=f"Bearer {everything}", json=body)
+        if route.scope is None:
+            assert reply.status == 403, (route.path, reply)
+            assert reply.error["code"] == "admin_token_required"
+        else:
+            assert reply.status not in (401, 403), (route.path, reply)
+            if route.scope != "models.read":
+                reply = await api.call(route.method, path, auth=f"Bearer {nothing}", json=body)
+                assert reply.status == 403 and reply.error["code"] == "missing_scope", reply
+                assert reply.error["details"]["scope"] == route.scope
+        made_up = "Bearer palyra_" + "A" * 43
+        reply = await api.call(route.method, path, auth=made_up, json=body)
+        assert reply.status == 401 and reply.error["code"] == "invalid_api_token", reply
+
+
 async def test_admin_token_is_generated_once_with_mode_0600(tmp_path):
     state = tmp_path / "state"
     async with serving(state) as api:

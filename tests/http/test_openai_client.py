@@ -119,3 +119,29 @@ def test_a_tool_call_waits_for_approval_through_the_admin_api(daemon: Palyrad):
         kinds = [(e["event_type"], e["payload"].get("kind")) for e in tape["events"]]
         assert ("tool_decision", "allow") in kinds
         assert not http.get("/admin/v1/approvals", params={"pending": "true"}).json()["approvals"]
+
+
+def test_the_sdk_with_an_api_token_runs_as_the_tokens_principal(daemon: Palyrad):
+    with daemon.client(timeout=DEADLINE) as http:
+        made = http.post("/admin/v1/api-tokens", json={
+            "name": "sdk", "scopes": ["compat.*"], "principal": "team:sdk"})
+        assert made.status_code == 201, made.text
+        token, token_id = made.json()["token"], made.json()["token_id"]
+        with openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=token, max_retries=0,
+                           timeout=DEADLINE) as sdk:
+            assert [m.id for m in sdk.models.list()] == ["deterministic"]
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="deterministic", user="user:someone-else",
+                messages=[{"role": "user", "content": "via an api token"}])
+            assert raw.parse().choices[0].message.content == "via an api token"
+            run = http.get(f"/admin/v1/runs/{raw.headers['X-Palyra-Run-Id']}").json()
+            assert run["identity"]["principal"] == "team:sdk"
+            stream = sdk.chat.completions.create(
+                model="deterministic", stream=True,
+                messages=[{"role": "user", "content": "streamed with a token"}])
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) \
+                == "streamed with a token"
+            assert http.post(f"/admin/v1/api-tokens/{token_id}/revoke").status_code == 200
+            with pytest.raises(openai.AuthenticationError) as revoked:
+                sdk.models.list()
+            assert revoked.value.body["code"] == "invalid_api_token"
