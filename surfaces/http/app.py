@@ -15,7 +15,7 @@ from palyra.access.tokens import looks_like_token
 from palyra.config import Config
 from palyra.errors import PalyraError, Unauthenticated
 from surfaces.http import auth
-from surfaces.http.errors import MAX_BODY_BYTES, from_exception
+from surfaces.http.errors import from_exception
 from surfaces.http.ratelimit import Clock, RateLimiter, RateLimitExceeded, RateLimits
 from surfaces.http.routes import ROUTES, schemas
 from surfaces.http.schema import Route, openapi
@@ -135,17 +135,21 @@ def create_app(runtime: Any = None, *, state_dir: str | os.PathLike[str] | None 
     a :class:`RateLimiter` is used as is. ``clock`` (monotonic seconds) drives the token
     buckets, so tests can advance time instead of sleeping.
     """
+    from palyra.cli.daemon import load_config
+    from palyra.cli.daemon import rate_limits as configured_limits
+
     if runtime is not None:
-        where = Path(runtime.state_dir)
+        where, effective = Path(runtime.state_dir), runtime.config
     else:
         where = Path(state_dir or os.environ.get("PALYRA_STATE_DIR") or DEFAULT_STATE_DIR)
-        if config is None and os.environ.get("PALYRA_CONFIG"):
-            from palyra.cli.daemon import load_config
-
-            config = load_config(os.environ["PALYRA_CONFIG"])
-    surface = Surface(runtime, where, config, rate_limits=rate_limits, clock=clock)
+        if config is None:  # the file named by $PALYRA_CONFIG, with PALYRA_* overrides
+            config = load_config(os.environ.get("PALYRA_CONFIG"))
+        effective = config if isinstance(config, Config) else Config.from_mapping(config)
+    http = effective.http
+    surface = Surface(runtime, where, config, clock=clock, sse_keepalive=http.sse_keepalive_s,
+                      rate_limits=configured_limits(effective) if rate_limits is None else rate_limits)
     app = QuartTrio(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = http.max_body_bytes
     app.extensions["palyra"] = surface
     app.asgi_app = CompleteRequestCycle(app.asgi_app)  # type: ignore[method-assign]
 
@@ -173,7 +177,7 @@ def create_app(runtime: Any = None, *, state_dir: str | os.PathLike[str] | None 
 
     @app.before_request
     async def authenticate() -> None:
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > http.max_body_bytes:
             raise RequestEntityTooLarge()
         if request.endpoint in _PUBLIC:
             return

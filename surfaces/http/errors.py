@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from quart import current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 
 from palyra.errors import (
@@ -111,11 +112,18 @@ def from_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status = exc.code or 500
         if status < 500:
             code = CODE_BY_HTTP_STATUS.get(status, "invalid_argument")
-            details = {"limit_bytes": MAX_BODY_BYTES} if status == 413 else None
+            details = {"limit_bytes": _body_limit()} if status == 413 else None
             return status, envelope(code, _http_message(status, exc), details)
     error_id = new_ulid()
     log.error("internal error %s: %r", error_id, exc, exc_info=exc)
     return 500, envelope("internal", "internal error", {"error_id": error_id})
+
+
+def _body_limit() -> int:
+    """The app's configured body cap (``http.max_body_bytes``), else the default."""
+    if not has_app_context():
+        return MAX_BODY_BYTES
+    return int(current_app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY_BYTES)
 
 
 def _http_message(status: int, exc: HTTPException) -> str:

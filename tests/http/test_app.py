@@ -123,6 +123,15 @@ async def test_bodies_over_64_kib_are_413(api):
     assert conn.status_code == 413
 
 
+async def test_the_body_cap_and_sse_keepalive_come_from_the_http_config(tmp_path):
+    config = {"http": {"max_body_bytes": 2048, "sse_keepalive_s": 0.5}}
+    async with serving(tmp_path / "state", config) as api:
+        reply = await api.post("/admin/v1/runs", {"text": "x" * 4096})
+        assert reply.status == 413 and reply.error["details"]["limit_bytes"] == 2048
+        assert (await api.post("/admin/v1/runs", {"text": "small"})).status in (200, 201, 202)
+        assert api.surface.sse_keepalive == 0.5
+
+
 async def test_every_palyra_error_has_a_status_and_unexpected_errors_stay_generic(api, monkeypatch):
     for cls, status in STATUS_BY_ERROR.items():
         assert status_for(cls("m")) == status
