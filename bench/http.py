@@ -8,8 +8,10 @@ endpoint to ``/healthz`` measured in the same run.
 
 The daemon (temp state dir, deterministic provider, port 0) and the load generator
 (this file with ``--load``: threads, one keep-alive httpx connection each, a bounded
-count and time per phase) are separate processes, neither pinned to a CPU (this process
-is, by ``_common``; children inherit affinity on Linux, so they reset it). They share
+count and time per phase) are separate processes. This process is pinned by
+``_common``; children inherit affinity on Linux, so they reset it: the load generator
+runs on every CPU, and the daemon applies its own default (``palyrad --cpus auto``: one
+CPU, see ``palyra.cli.daemon.choose_cpus``), as an operator's daemon would. They share
 the machine's cores, so the figures are lower bounds. The daemon's rate limits are
 raised out of the way (the buckets still run on every request): this measures capacity.
 """

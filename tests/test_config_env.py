@@ -61,3 +61,19 @@ def test_http_section_gives_bind_and_rate_limits_under_flags_and_env(tmp_path, c
         daemon.rate_limits(load_config(str(bad), {}))
     with pytest.raises(palyra.InvalidInput, match="http"):
         load_config(None, {"PALYRA_HTTP_BIND": "no-port"})
+
+
+def test_cpu_affinity_choice():
+    allowed = {0, 1, 2, 3}
+    assert daemon.choose_cpus("all", allowed, 7) is None
+    assert daemon.choose_cpus("auto", allowed, 7) == {3}  # by pid: daemons spread out
+    assert daemon.choose_cpus("auto", allowed, 8) == {0}
+    assert daemon.choose_cpus("1,2", allowed, 7) == {1, 2}
+    for bad in ("9", "one", ""):
+        with pytest.raises(palyra.InvalidInput, match="--cpus"):
+            daemon.choose_cpus(bad, allowed, 7)
+
+
+def test_palyrad_rejects_a_bad_cpu_list(tmp_path, capsys):
+    assert daemon.main(["--state-dir", str(tmp_path / "s"), "--cpus", "99"]) == 2
+    assert "--cpus 99" in capsys.readouterr().err

@@ -119,7 +119,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allow-remote-bind", action="store_true",
                         help="allow a non-loopback --http address (or http.allow_remote_bind)")
     parser.add_argument("--log-level", default=os.environ.get("PALYRA_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--cpus", default=os.environ.get("PALYRA_CPUS", "auto"),
+        help="CPUs the daemon runs on: 'auto' (default: one of the allowed CPUs, chosen by "
+             "pid), 'all' (leave the affinity alone), or a list such as '0' or '2,3'; "
+             "default $PALYRA_CPUS")
     return parser.parse_args(argv)
+
+
+def choose_cpus(spec: str, allowed: set[int], pid: int) -> set[int] | None:
+    """The CPU set for ``--cpus`` (None: leave the affinity alone).
+
+    Why one CPU by default: the runtime's Python runs under one GIL, so a second core
+    adds little, while every actor message wakes a thread that the kernel may place on
+    the other core, and on VMs such a cross-CPU wake-up is expensive (measured here:
+    chat completions 269 req/s unpinned, 482 req/s pinned, same machine and load).
+    ``auto`` picks by pid so that several daemons on one host spread over the CPUs.
+    """
+    spec = spec.strip().lower()
+    if spec == "all":
+        return None
+    if spec == "auto":
+        ordered = sorted(allowed)
+        return {ordered[pid % len(ordered)]} if ordered else None
+    try:
+        chosen = {int(part) for part in spec.split(",") if part.strip()}
+    except ValueError:
+        raise InvalidInput(f"--cpus must be auto, all or a list of CPU numbers, got {spec!r}",
+                           details={"field": "cpus"}) from None
+    if not chosen or not chosen <= allowed:
+        raise InvalidInput(f"--cpus {spec}: allowed CPUs are {sorted(allowed)}",
+                           details={"field": "cpus"})
+    return chosen
+
+
+def _cpus(spec: str) -> set[int] | None:
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    return choose_cpus(spec, set(os.sched_getaffinity(0)), os.getpid())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        cpus = _cpus(args.cpus)
         config = load_config(args.config)
         host, port = parse_bind(args.http or config.http.bind,
                                 allow_remote=args.allow_remote_bind or config.http.allow_remote_bind)
@@ -142,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from palyra.runtime import Runtime
 
+    if cpus is not None:  # before the runtime's threads start: they inherit it
+        os.sched_setaffinity(0, cpus)
     try:
         runtime = Runtime.start(Path(args.state_dir), config)
     except PalyraError as exc:
@@ -194,7 +234,9 @@ async def _serve(runtime: Any, host: str, port: int, limits: Any = None) -> int:
         async with trio.open_nursery() as server:
             binds = await server.start(functools.partial(
                 hypercorn.trio.serve, app, cfg, shutdown_trigger=shutdown.wait))
-            print(f"palyrad: serving {' '.join(binds)} (pid {os.getpid()}, state dir "
+            cpus = ",".join(map(str, sorted(os.sched_getaffinity(0)))) if hasattr(
+                os, "sched_getaffinity") else "all"
+            print(f"palyrad: serving {' '.join(binds)} (pid {os.getpid()}, cpus {cpus}, state dir "
                   f"{runtime.state_dir})", flush=True)
             print(f"palyrad: admin token in {token_path(runtime.state_dir)}", flush=True)
         watchers.cancel_scope.cancel()
