@@ -149,11 +149,13 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
         if self._timer is not None:
             self._timer.cancel()
         now = self.clock.now_ms()
-        for task in self.tasks.pollable():
+        for task in self.tasks.pollable(now_ms=now):
             if task.task_id in self._writing:
                 continue
-            parent = self.runs.run(task.parent_run_id) if task.parent_run_id else None
-            target = self.runs.run(task.target_run_id) if task.target_run_id else None
+            parent = target = None
+            if t.needs_runs(task, now_ms=now):
+                parent = self.runs.run(task.parent_run_id) if task.parent_run_id else None
+                target = self.runs.run(task.target_run_id) if task.target_run_id else None
             step = t.poll_step(task, now_ms=now, parent=parent, target=target)
             self._beat(step, now)
             if step.action == t.UPDATE:

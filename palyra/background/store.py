@@ -201,16 +201,22 @@ class TaskQueries:
         ).fetchall()
         return [_task(r) for r in rows]
 
-    def pollable(self, limit: int = t.POLL_LIMIT) -> list[BackgroundTask]:
+    def pollable(self, limit: int = t.POLL_LIMIT, *, now_ms: int | None = None) -> list[BackgroundTask]:
         """Non-terminal tasks in poll order: running, cancel_requested, queued, paused;
-        then priority (high first), creation, id."""
+        then priority (high first), creation, id. With ``now_ms``, queued tasks that are
+        not due yet and not expired are left out: a poll would only skip them, and
+        reflections wait their ``not_before`` by the hundred under load."""
         order = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(t.POLL_STATE_ORDER))
+        waiting = ("" if now_ms is None else
+                   " AND NOT (state = 'queued' AND coalesce(not_before_unix_ms, 0) > :now"
+                   " AND (expires_at_unix_ms IS NULL OR expires_at_unix_ms > :now))")
+        states = {f"s{i}": s for i, s in enumerate(t.POLL_STATE_ORDER)}
         rows = self.conn.execute(
             f"SELECT {_COLS} FROM orchestrator_background_tasks"
-            f" WHERE state IN ({','.join('?' * len(t.POLL_STATE_ORDER))})"
+            f" WHERE state IN ({','.join(':' + k for k in states)}){waiting}"
             f" ORDER BY CASE state {order} END, priority DESC, created_at_unix_ms, task_ulid"
-            " LIMIT ?",
-            (*t.POLL_STATE_ORDER, max(1, min(int(limit), 10_000))),
+            " LIMIT :limit",
+            {**states, "now": now_ms, "limit": max(1, min(int(limit), 10_000))},
         ).fetchall()
         return [_task(r) for r in rows]
 

@@ -410,6 +410,20 @@ def _parent_cancelled(parent: RunView | None) -> bool:
     return parent is not None and (parent.cancel_requested or parent.state == "cancelled")
 
 
+def needs_runs(task: BackgroundTask, *, now_ms: int) -> bool:
+    """Whether :func:`poll_step` may look at the task's parent or target run: not for a
+    terminal or paused task, nor for a queued one that expired or is not due yet (it
+    returns before reading them). Lets a poll over many waiting tasks (reflections
+    wait ``not_before``) skip two run reads per task."""
+    if task.terminal or task.state == PAUSED:
+        return False
+    if task.state == QUEUED:
+        expired = task.expires_at_unix_ms is not None and task.expires_at_unix_ms <= now_ms
+        waiting = task.not_before_unix_ms is not None and task.not_before_unix_ms > now_ms
+        return not (expired or waiting)
+    return True
+
+
 def poll_step(
     task: BackgroundTask,
     *,

@@ -6,7 +6,7 @@ import dataclasses
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palyra.background import tasks as t
@@ -445,3 +445,23 @@ def test_delegation_timeout_must_be_positive() -> None:
     with pytest.raises(InvalidInput) as err:
         _create({"text": "x", "delegation": {"child_timeout_ms": 0}}, parent_run_id=new_ulid())
     assert err.value.details["field"] == "delegation"
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.sampled_from(t.STATES),
+       not_before=st.one_of(st.none(), st.integers(T0 - 10, T0 + 10)),
+       expires=st.one_of(st.none(), st.integers(T0 - 10, T0 + 10)),
+       parent_state=st.sampled_from(["in_progress", "cancelled", "failed", "done"]),
+       target_state=st.sampled_from(["in_progress", "done", "failed", "cancelled"]))
+def test_a_poll_that_needs_no_runs_decides_the_same_without_them(
+        state: str, not_before: int | None, expires: int | None, parent_state: str,
+        target_state: str) -> None:
+    task = make_task(state=state, not_before_unix_ms=not_before, expires_at_unix_ms=expires,
+                     parent_run_id=new_ulid(T0), target_run_id=new_ulid(T0),
+                     started_at_unix_ms=T0 - 1)
+    if t.needs_runs(task, now_ms=T0):
+        return
+    parent = make_run(parent_state, cancel_requested=parent_state == "cancelled")
+    target = make_run(target_state, completed_at_unix_ms=T0 - 1)
+    assert t.poll_step(task, now_ms=T0, parent=parent, target=target) == \
+        t.poll_step(task, now_ms=T0)
