@@ -1,11 +1,17 @@
 """Talk to a running palyrad with the official OpenAI client.
 
     make run                      # in another terminal; prints the URL and the token file
-    python examples/openai_client.py http://127.0.0.1:7142 .palyra-state/admin.token
+    export PALYRA_API_TOKEN=$(palyra tokens create demo --scope 'compat.*' | head -1)
+    python examples/openai_client.py http://127.0.0.1:7142
+
+A scoped API token (``palyra tokens create``) is what a client should hold; without
+``PALYRA_API_TOKEN`` the example falls back to the admin token file (second argument,
+default ``.palyra-state/admin.token``), which the OpenAI routes accept too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +21,8 @@ import openai
 def main() -> None:
     url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:7142"
     token_file = Path(sys.argv[2] if len(sys.argv) > 2 else ".palyra-state/admin.token")
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=token_file.read_text().strip())
+    key = os.environ.get("PALYRA_API_TOKEN") or token_file.read_text().strip()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
     model = client.models.list().data[0].id
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}])
     print(reply.choices[0].message.content, reply.usage)
