@@ -187,6 +187,7 @@ class _Inflight:
 
 
 class RunActor(Supervised):
+    reuse_threads = True  # one actor per run: thread creation would be a tenth of a run
     def __init__(self, *, ctx: Any = None, spec: RunSpec) -> None:
         super().__init__(ctx=ctx)
         self.spec = spec

@@ -27,6 +27,7 @@ from palyra.errors import ActorUnavailable
 from supervisors.mailbox import Mailbox
 from supervisors.request import Request
 from supervisors.spec import ChildContext, ChildExit, ExitReason
+from supervisors.threads import PARKED
 
 log = logging.getLogger("palyra.supervision")
 
@@ -68,6 +69,13 @@ class Supervised(pykka.ThreadingActor):
     # Process exit must never hang on an actor thread: the runtime stops the tree in
     # a ``finally``/atexit path, and a stuck thread cannot be killed anyway.
     use_daemon_thread = True
+    # Short-lived actors (a run actor per run) run on parked threads: see threads.py.
+    reuse_threads = False
+
+    def _start_actor_loop(self) -> None:
+        if not self.reuse_threads:
+            return super()._start_actor_loop()
+        PARKED.start(self._actor_loop, f"{type(self).__name__}-parked")
 
     def __init__(self, *, ctx: ChildContext | None = None) -> None:
         super().__init__()
