@@ -79,13 +79,22 @@ def wait_all(handles: list[Any], timeout: float) -> tuple[list[RunResult], list[
     return results, stuck
 
 
-def check_outcomes(results: list[RunResult]) -> list[RunResult]:
-    """Every run either completed using exactly its reservation or was blocked."""
+# A 25 ms liveness probe (the chaos config) also flags a run actor that a machine busy
+# with 200 runs did not schedule in time; its run fails, which is not a budget outcome.
+SLOW_PROBE = "run actor failed: hung: no answer to liveness probe"
+
+
+def check_outcomes(results: list[RunResult], *, slow_probes: bool = False) -> list[RunResult]:
+    """Every run either completed using exactly its reservation or was blocked (or, with
+    ``slow_probes``, was failed by a missed liveness probe)."""
     done = [r for r in results if r.state == "done"]
     for r in done:
         assert r.usage.total_tokens == PER_RUN, r
-    others = Counter((r.state, r.termination_reason) for r in results if r.state != "done")
-    assert set(others) <= {("failed", "budget_blocked")}, others
+    others = [r for r in results if r.state != "done"
+              and not (slow_probes and (r.last_error or "").startswith(SLOW_PROBE))]
+    kinds = Counter((r.state, r.termination_reason) for r in others)
+    assert set(kinds) <= {("failed", "budget_blocked")}, (
+        kinds, [r.last_error for r in others if r.termination_reason != "budget_blocked"])
     return done
 
 
@@ -139,7 +148,8 @@ def test_concurrent_runs_never_overspend_while_the_budget_actor_is_killed_and_hu
 
     # -- safety: never more than the limit, every success used exactly its reservation --
     results, stuck = wait_all(sent, SETTLE_SECONDS)
-    done = check_outcomes(results)
+    done = check_outcomes(results, slow_probes=True)
+    slow = sum(1 for r in results if (r.last_error or "").startswith(SLOW_PROBE))
     assert len(done) <= ADMITTED
     if stuck:
         known["lost_reserve_reply"] = stuck
@@ -150,8 +160,8 @@ def test_concurrent_runs_never_overspend_while_the_budget_actor_is_killed_and_hu
         assert {r.state for r in late} <= {"cancelled", "done", "failed"}
         done += [r for r in late if r.state == "done"]
         assert len(done) <= ADMITTED
-    else:
-        assert len(done) == ADMITTED  # nothing failed for another reason: exactly N
+    else:  # nothing failed for another reason: exactly N (less any run a slow probe failed)
+        assert ADMITTED - slow <= len(done) <= ADMITTED, (len(done), slow)
 
     # -- liveness: every reservation is settled or released once its run is terminal --
     # (a stuck run's reservation stays held even once it is cancelled: it never heard of it)
