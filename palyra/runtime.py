@@ -76,7 +76,7 @@ from palyra.ids import new_ulid
 from palyra.journal.store import (
     ChainReport,
     EventDraft,
-    Reader,
+    JournalQueries,
     Writer,
     append_op,
     open_writer_connection,
@@ -341,8 +341,7 @@ class Runtime:
 
     def verify_journal(self) -> ChainReport:
         """Recompute the journal's hash chain (and every run tape's) from disk."""
-        with Reader(self.state_dir, self.config.journal) as reader:
-            report = reader.verify_chain()
+        report = self._journal_queries().verify_chain()
         self.last_verify = {"at_unix_ms": self.clock.now_ms(), "ok": report.ok,
                             "events": report.events, "tapes": report.tapes}
         return report
@@ -358,8 +357,7 @@ class Runtime:
         return snapshot
 
     def recent_events(self, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
-        with Reader(self.state_dir, self.config.journal) as reader:
-            return reader.recent(limit, kind)
+        return self._journal_queries().recent(limit, kind)
 
     def supervision_events(self) -> list[SupervisionEvent]:
         return list(self._recorder.pending)
@@ -375,6 +373,9 @@ class Runtime:
     def _queries(self) -> Queries:
         """Reads on the caller's own connection (apsw cursors are not shareable)."""
         return Queries(self.services.readers.conn())
+
+    def _journal_queries(self) -> JournalQueries:
+        return JournalQueries(self.services.readers.conn())
 
     def _send_nowait(self, op: Any) -> bool:
         """Queue one journal op without waiting or retrying (False if the journal is

@@ -480,27 +480,11 @@ _EVENT_COLUMNS = (
 _EVENT_KEYS = [c.strip() for c in _EVENT_COLUMNS.split(",")]
 
 
-class Reader:
-    """A read-only view with its own connection (never shared across threads)."""
+class JournalQueries:
+    """Reads of the journal over a connection the caller owns (as the other stores' Queries)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], settings: JournalSettings = JournalSettings()) -> None:
-        self.conn = connect(state_dir, settings)
-
-    @classmethod
-    def inspect(cls, journal_file: str | os.PathLike[str]) -> Reader:
-        """Read-only, touching nothing around the file (no chmod, no create): for the doctor."""
-        reader = cls.__new__(cls)
-        reader.conn = apsw.Connection(str(journal_file), flags=apsw.SQLITE_OPEN_READONLY)
-        return reader
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM journal_events").fetchone()[0])
@@ -581,3 +565,26 @@ class Reader:
                 )
             prev, expected = digest, expected + 1
         return dataclasses.replace(journal, tapes=tapes, tape_rows=rows)
+
+
+class Reader(JournalQueries):
+    """Journal reads over a connection of its own, closed with the reader (never shared
+    across threads): a state directory's journal, or a connection handed over to it."""
+
+    def __init__(self, source: str | os.PathLike[str] | apsw.Connection,
+                 settings: JournalSettings = JournalSettings()) -> None:
+        super().__init__(source if isinstance(source, apsw.Connection) else connect(source, settings))
+
+    @classmethod
+    def inspect(cls, journal_file: str | os.PathLike[str]) -> Reader:
+        """Read-only, touching nothing around the file (no chmod, no create): for the doctor."""
+        return cls(apsw.Connection(str(journal_file), flags=apsw.SQLITE_OPEN_READONLY))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
