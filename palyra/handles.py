@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from palyra.errors import Timeout
-from palyra.records import TERMINAL_STATES, RunEvent, RunResult, TapeEvent, Usage
+from palyra.records import RunEvent, RunResult, TapeEvent, Usage
 
 
 def _from_tape(event: TapeEvent) -> RunEvent:
@@ -63,12 +63,11 @@ class RunHandle:
         hub = self._rt.services.hub
         hub.subscribe(self.id, sink)
         try:
-            if self._rt.run_state(self.id) in TERMINAL_STATES:
-                run = self._rt.run(self.id)
-                return RunResult(run.run_id, run.session_id, run.state, run.reply_text, run.usage,
-                                 run.last_error, run.termination_reason)
+            run = self._rt._run(self.id)
+            if run.terminal:
+                return run.result()
             if not done.wait(timeout):
-                raise Timeout(f"run {self.id} is still {self._rt.run(self.id).state} after {timeout}s",
+                raise Timeout(f"run {self.id} is still {self._rt.run_state(self.id)} after {timeout}s",
                               details={"run_id": self.id})
             return result_from_status(self.id, self.session_id, box[0].payload)
         finally:
@@ -149,6 +148,4 @@ class RunHandle:
             async for event in self.aevents():
                 if event.terminal:
                     return result_from_status(self.id, self.session_id, event.payload)
-        run = self._rt.run(self.id)
-        return RunResult(run.run_id, run.session_id, run.state, run.reply_text, run.usage,
-                         run.last_error, run.termination_reason)
+        return self._rt._run(self.id).result()

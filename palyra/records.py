@@ -78,6 +78,10 @@ class Run:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    def result(self) -> RunResult:
+        return RunResult(self.run_id, self.session_id, self.state, self.reply_text, self.usage,
+                         self.last_error, self.termination_reason)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

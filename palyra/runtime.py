@@ -421,14 +421,18 @@ class Runtime:
         return RunHandle(self, admission.run_id, admission.session_id, admission.session_created)
 
     def handle(self, run_id: str) -> RunHandle:
-        run = self.run(run_id)
+        run = self._run(run_id)
         return RunHandle(self, run.run_id, run.session_id)
 
     def cancel(self, run_id: str, reason: str = "cancelled by request") -> dict[str, Any]:
         return self._request(GATEWAY, CancelRun(run_id, reason))
 
     def run(self, run_id: str) -> Run:
-        run = self._queries().run(run_id)
+        """The run's record, with ``tape_events`` counted."""
+        return self._run(run_id, count_tape=True)
+
+    def _run(self, run_id: str, *, count_tape: bool = False) -> Run:
+        run = self._queries().run(run_id, count_tape=count_tape)
         if run is None:
             raise NotFound(f"run {run_id} not found", details={"run_id": run_id})
         return run
@@ -444,12 +448,12 @@ class Runtime:
         return self._queries().runs(states=[state] if state else None, session_id=session_id, limit=limit)
 
     def tape(self, run_id: str) -> list[TapeEvent]:
-        self.run(run_id)
+        self.run_state(run_id)  # NotFound for an unknown run
         return self._queries().tape(run_id)
 
     def tape_page(self, run_id: str, *, after_seq: int = -1, limit: int = 100,
                   max_bytes: int = 2 * 1024 * 1024) -> dict[str, Any]:
-        self.run(run_id)
+        self.run_state(run_id)
         return self._queries().tape_page(run_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes)
 
     def heartbeats(self) -> list[dict[str, Any]]:

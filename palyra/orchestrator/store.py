@@ -377,12 +377,14 @@ class Queries:
         ).fetchall()
         return [Session(*r) for r in rows]
 
-    def run(self, run_id: str) -> Run | None:
+    def run(self, run_id: str, *, count_tape: bool = False) -> Run | None:
+        """``count_tape`` fills ``tape_events`` (a count over the run's tape rows, for
+        the API's run record); the actors' reads leave it 0, as ``runs()`` does."""
         row = self.conn.execute(
             f"SELECT {_RUN_COLS} FROM orchestrator_runs WHERE run_ulid = ?", (run_id,)
         ).fetchone()
-        if not row:
-            return None
+        if not row or not count_tape:
+            return _run(row)
         count = self.conn.execute(
             "SELECT count(*) FROM orchestrator_tape WHERE run_ulid = ?", (run_id,)
         ).fetchone()[0]
