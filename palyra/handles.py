@@ -19,6 +19,22 @@ def _from_tape(event: TapeEvent) -> RunEvent:
     return RunEvent(event.run_id, event.event_type, event.payload, event.seq)
 
 
+class _Unseen:
+    """Dedupes by tape seq across the replay and the live feed; streamed tokens (no seq)
+    always pass."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, event: RunEvent) -> bool:
+        if event.seq is None:
+            return True
+        if event.seq <= self.last:
+            return False
+        self.last = event.seq
+        return True
+
+
 def result_from_status(run_id: str, session_id: str, payload: dict[str, Any]) -> RunResult:
     usage = payload.get("usage") or {}
     return RunResult(
@@ -87,9 +103,8 @@ class RunHandle:
         hub = self._rt.services.hub
         hub.subscribe(self.id, sink)
         try:
-            last = -1
-            for event in map(_from_tape, self._rt.tape(self.id)):
-                last = event.seq  # type: ignore[assignment]
+            unseen = _Unseen()
+            for event in filter(unseen, map(_from_tape, self._rt.tape(self.id))):
                 yield event
                 if event.terminal:
                     return
@@ -98,13 +113,10 @@ class RunHandle:
                     event = live.get(timeout=timeout)
                 except queue.Empty:
                     raise Timeout(f"no event from run {self.id} within {timeout}s") from None
-                if event.seq is not None:
-                    if event.seq <= last:
-                        continue
-                    last = event.seq
-                yield event
-                if event.terminal:
-                    return
+                if unseen(event):
+                    yield event
+                    if event.terminal:
+                        return
         finally:
             hub.unsubscribe(self.id, sink)
 
@@ -115,28 +127,22 @@ class RunHandle:
         from surfaces.bridge import TrioSink
 
         hub = self._rt.services.hub
-        last = -1
+        unseen = _Unseen()
         while True:
             sink = TrioSink(capacity)
             hub.subscribe(self.id, sink)
             try:
                 # the replay reads SQLite: off the trio loop, so other tasks keep running
                 tape = await trio.to_thread.run_sync(self._rt.tape, self.id)
-                for event in map(_from_tape, tape):
-                    if event.seq <= last:  # type: ignore[operator]
-                        continue
-                    last = event.seq  # type: ignore[assignment]
+                for event in filter(unseen, map(_from_tape, tape)):
                     yield event
                     if event.terminal:
                         return
                 async for event in sink.receive:
-                    if event.seq is not None:
-                        if event.seq <= last:
-                            continue
-                        last = event.seq
-                    yield event
-                    if event.terminal:
-                        return
+                    if unseen(event):
+                        yield event
+                        if event.terminal:
+                            return
             finally:
                 hub.unsubscribe(self.id, sink)
             # The channel closed: we fell behind. Catch up from the tape and go on.
