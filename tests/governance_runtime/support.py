@@ -40,14 +40,6 @@ TERMINAL = ("done", "failed", "cancelled")
 BLOCKED_ERROR = "usage budget hard limit blocked"
 
 
-def merged(base: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
-    """``base`` merged section by section with ``config`` (config wins)."""
-    out = {name: dict(section) for name, section in base.items()}
-    for name, section in (config or {}).items():
-        out[name] = {**out.get(name, {}), **section}
-    return out
-
-
 def policy(**fields: Any) -> dict[str, Any]:
     """A global, token, rolling-24h, blocking policy mapping, with ``fields`` on top."""
     return {"scope_kind": "global", "metric_kind": "total_tokens", "interval_kind": "rolling_24h",
