@@ -6,6 +6,9 @@ import logging
 import os
 import statistics
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -46,6 +49,29 @@ def pct(samples: list[float], q: float) -> float:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
+
+
+def timed_callers(callers: int, work: Callable[[int], list[float]]) -> tuple[list[float], float]:
+    """``work(n)`` in ``callers`` threads released together by a barrier; each returns its
+    latencies. Returns them all and the seconds from the release to the last join."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(callers + 1)
+
+    def caller(n: int) -> None:
+        barrier.wait()
+        mine = work(n)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - t0
 
 
 def emit(figures: dict) -> None:

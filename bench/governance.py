@@ -20,11 +20,10 @@ actor by address, no run around them.
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from typing import Any
 
-from _common import emit, pct
+from _common import emit, pct, timed_callers
 
 import palyra
 from actors.budget import BudgetActor, Reserve, Settle
@@ -89,24 +88,10 @@ def sequential(rt: palyra.Runtime, runs: int) -> dict[str, Any]:
 
 
 def concurrent(rt: palyra.Runtime) -> dict[str, Any]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(CALLERS + 1)
+    def caller(n: int) -> list[float]:
+        return [one_run(rt, f"gb-{(n + i) % SESSIONS}") for i in range(PER_CALLER)]
 
-    def caller(n: int) -> None:
-        barrier.wait()
-        mine = [one_run(rt, f"gb-{(n + i) % SESSIONS}") for i in range(PER_CALLER)]
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(CALLERS)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return figures(latencies, time.perf_counter() - t0)
+    return figures(*timed_callers(CALLERS, caller))
 
 
 def start(state_dir: str, enabled: bool, with_policies: bool) -> tuple[palyra.Runtime, list[str]]:

@@ -12,10 +12,9 @@ measured twice: with the rows prebuilt, and building them from the same payloads
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 
-from _common import emit, pct
+from _common import emit, pct, timed_callers
 
 import palyra
 from palyra.journal.store import (
@@ -33,26 +32,15 @@ TOTAL = 20_000
 def journal_rate(writers: int) -> dict:
     per_writer = max(1, TOTAL // writers)
     with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(d) as rt:
-        latencies: list[list[float]] = [[] for _ in range(writers)]
-        barrier = threading.Barrier(writers + 1)
-
-        def work(slot: int) -> None:
-            mine = latencies[slot]
-            barrier.wait()
+        def work(slot: int) -> list[float]:
+            mine = []
             for _ in range(per_writer):
                 t0 = time.perf_counter()
                 rt.journal.append("bench.append", PAYLOAD)
                 mine.append(time.perf_counter() - t0)
+            return mine
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
-        flat = [x for xs in latencies for x in xs]
+        flat, elapsed = timed_callers(writers, work)
         assert rt.verify_journal().ok
     return {
         "appends_per_s": round(len(flat) / elapsed),

@@ -10,11 +10,10 @@ pass is repeated with usage governance disabled, for governance's share of the l
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 
 import apsw
-from _common import emit, pct
+from _common import emit, pct, timed_callers
 
 import palyra
 
@@ -23,30 +22,18 @@ CONFIG = {"tools": {"allowed": ["palyra.echo"]}}
 
 
 def measure(rt: palyra.Runtime, runs: int, callers: int) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
     per_caller = runs // callers
-    barrier = threading.Barrier(callers + 1)
 
-    def caller(n: int) -> None:
+    def caller(n: int) -> list[float]:
         mine = []
-        barrier.wait()
         for i in range(per_caller):
             t0 = time.perf_counter()
             result = rt.send(TEXT, session_key=f"bench-{n}-{i % 20}").wait(30)
             mine.append(time.perf_counter() - t0)
             assert result.state == "done", result
-        with lock:
-            latencies.extend(mine)
+        return mine
 
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    latencies, elapsed = timed_callers(callers, caller)
     return {
         "runs": len(latencies),
         "runs_per_s": round(len(latencies) / elapsed, 1),

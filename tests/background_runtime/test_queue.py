@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import palyra
+from tests.support.wait import until
 
 FAST = {"supervision": {"probe_interval": 0.1, "shutdown_timeout": 1.0}}
 
 
 def settled(rt: palyra.Runtime, task_id: str, states=("succeeded", "failed", "expired", "cancelled"),
             timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        task = rt.tasks.get(task_id)
-        if task.state in states:
-            return task
-        assert time.monotonic() < deadline, f"task still {task.state}"
-        time.sleep(0.01)
+    return until(lambda: (task := rt.tasks.get(task_id)).state in states and task, timeout=timeout,
+                 what=f"task {task_id} to reach {states}")
 
 
 def test_created_task_runs_at_once_as_a_background_run(tmp_path):
@@ -47,8 +41,7 @@ def test_expired_task_never_runs(tmp_path):
         task = rt.tasks.create(text="too late", session_key="bg", not_before_unix_ms=now + 150,
                                expires_at_unix_ms=now + 300)
         rt.tasks.pause(task.task_id)  # held past its expiry
-        while rt.clock.now_ms() <= now + 300:
-            time.sleep(0.01)
+        until(lambda: rt.clock.now_ms() > now + 300, what="the task's expiry")
         rt.tasks.resume(task.task_id)
         done = settled(rt, task.task_id)
         assert done.state == "expired" and done.target_run_id is None
@@ -89,11 +82,9 @@ def test_cancelling_the_parent_run_cancels_the_task_and_its_run(tmp_path):
                                delegation={"child_timeout_ms": 60_000}, parent_run_id=parent.id)
         running = settled(rt, task.task_id, states=("running",))
         child_run = running.target_run_id
-        deadline = time.monotonic() + 5
         # the task is marked running (with its run id) before the run is admitted
-        while not [r for r in rt.runs(state="in_progress") if r.run_id == child_run]:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        until(lambda: [r for r in rt.runs(state="in_progress") if r.run_id == child_run],
+              what=f"the task's run {child_run} in progress")
         rt.cancel(parent.id, "user gave up")
         done = settled(rt, task.task_id)
         assert done.state == "cancelled"

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 import palyra
+from palyra.records import Run
+from tests.support.wait import holds_within, until
 
 pytestmark = pytest.mark.chaos
 
@@ -46,15 +47,12 @@ def test_runs_in_flight_at_kill_minus_9_resume_from_their_tape(tmp_path):
     assert len(accepted) == 5
     with palyra.Runtime.start(tmp_path) as rt:
         names = rt.services.names
-        deadline = time.monotonic() + 15
         # every interrupted run is taken over: resumed by a live actor, or settled
-        while True:
+        def orphans() -> list[Run]:
             runs = [rt.run(run_id) for run_id in accepted]
-            orphans = [r for r in runs if not r.terminal and names.get(f"run:{r.run_id}") is None]
-            if not orphans:
-                break
-            assert time.monotonic() < deadline, f"runs left behind: {orphans}"
-            time.sleep(0.01)
+            return [r for r in runs if not r.terminal and names.get(f"run:{r.run_id}") is None]
+
+        assert holds_within(lambda: not orphans(), 15), f"runs left behind: {orphans()}"
         resumed = [r for r in accepted if "run.resumed" in [e.event_type for e in rt.tape(r)]
                    or not rt.run(r).terminal]
         assert resumed, "no run was resumed from its tape"
@@ -93,15 +91,12 @@ def test_a_waiting_approval_survives_kill_minus_9_and_still_resumes_the_run(tmp_
     proc.wait(10)
     config = {"tools": {"allowed": ["palyra.echo"], "sensitive": ["palyra.echo"]}}
     with palyra.Runtime.start(tmp_path, config) as rt:
-        deadline = time.monotonic() + 10
-        while "run.resumed" not in [e.event_type for e in rt.tape(run_id)]:
-            assert time.monotonic() < deadline, "the run was not resumed"
-            time.sleep(0.01)
+        until(lambda: "run.resumed" in [e.event_type for e in rt.tape(run_id)], timeout=10,
+              what="the run to be resumed")
         assert [a.approval_id for a in rt.approvals.pending(run_id)] == [approval_id]
-        while rt.run(run_id).state == "in_progress" and not [
-                e for e in rt.tape(run_id) if e.payload.get("resumed")]:
-            assert time.monotonic() < deadline, "the resumed run did not take the approval over"
-            time.sleep(0.01)
+        until(lambda: rt.run(run_id).state != "in_progress"
+              or [e for e in rt.tape(run_id) if e.payload.get("resumed")],
+              timeout=10, what="the resumed run to take the approval over")
         rt.approvals.decide(approval_id, allow=True)  # the id from before the crash
         result = rt.handle(run_id).wait(10)
         assert result.state == "done"

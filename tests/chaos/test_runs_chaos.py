@@ -9,7 +9,6 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -19,6 +18,7 @@ import palyra
 from actors.run import run_actor_name
 from palyra.ids import new_ulid
 from palyra.journal.store import Writer
+from tests.support.wait import holds_within
 
 pytestmark = pytest.mark.chaos
 
@@ -122,21 +122,12 @@ def describe(rt: palyra.Runtime, run_ids: list[str], limit: int = 3) -> str:
     return "\n".join(lines)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def wait_core_alive(rt: palyra.Runtime, timeout: float = 10.0) -> None:
     def alive() -> bool:
         rows = {row["name"]: row for row in rt.actors()}
         return all(rows.get(name, {}).get("alive") for name in CORE)
 
-    assert wait_until(alive, timeout), [r for r in rt.actors() if r["name"] in CORE]
+    assert holds_within(alive, timeout, interval=0.1), [r for r in rt.actors() if r["name"] in CORE]
 
 
 # -- the storm ----------------------------------------------------------------------------
@@ -243,7 +234,7 @@ def test_runs_survive_gateway_journal_and_run_actor_chaos(tmp_path):
 
         # -- settle -------------------------------------------------------------------------
         wait_core_alive(rt)
-        settled = wait_until(lambda: not unsettled(rt, send_errors), SETTLE_SECONDS, interval=0.2)
+        settled = holds_within(lambda: not unsettled(rt, send_errors), SETTLE_SECONDS, interval=0.2)
         runs = all_runs(rt)
         pending = {a.run_id for a in rt.approvals.pending()}
         states = Counter(r.state for r in runs.values())
@@ -293,7 +284,7 @@ def test_runs_survive_gateway_journal_and_run_actor_chaos(tmp_path):
         for approval in rt.approvals.pending():
             if approval.run_id in resumed:
                 rt.approvals.decide(approval.approval_id, allow=True)
-        assert wait_until(lambda: all(rt.run(run_id).terminal for run_id in resumed), 20)
+        assert holds_within(lambda: all(rt.run(run_id).terminal for run_id in resumed), 20, interval=0.1)
         assert {rt.run(run_id).state for run_id in resumed} <= {"done"}, describe(rt, resumed)
     finally:
         chaos_on.clear()
@@ -304,10 +295,10 @@ def test_runs_survive_gateway_journal_and_run_actor_chaos(tmp_path):
         def no_orphans() -> bool:
             return all(r.terminal or actor_alive(again, r.run_id) for r in all_runs(again).values())
 
-        assert wait_until(no_orphans, 10), describe(again, [r.run_id for r in all_runs(again).values()
+        assert holds_within(no_orphans, 10, interval=0.1), describe(again, [r.run_id for r in all_runs(again).values()
                                                             if not r.terminal])
         # accepted runs are relaunched (and finish, or wait on a new approval); the rest failed
-        assert wait_until(lambda: not unsettled(again, {}), 15), describe(again, unsettled(again, {}))
+        assert holds_within(lambda: not unsettled(again, {}), 15, interval=0.1), describe(again, unsettled(again, {}))
         runs = all_runs(again)
         assert set(acknowledged) <= set(runs)
         for run_id in [*left_waiting, *known["lost_decision"]]:  # interrupted by the stop
@@ -356,7 +347,7 @@ def kill_gateway_after_decision_commits(rt: palyra.Runtime, monkeypatch: pytest.
 
 
 def wait_for_pending_approval(rt: palyra.Runtime, run_id: str) -> Any:
-    assert wait_until(lambda: bool(rt.approvals.pending(run_id=run_id)), 10, interval=0.01)
+    assert holds_within(lambda: bool(rt.approvals.pending(run_id=run_id)), 10, interval=0.01)
     [approval] = rt.approvals.pending(run_id=run_id)
     return approval
 
@@ -382,10 +373,10 @@ def test_decision_committed_while_the_gateway_dies_reaches_the_run(tmp_path, mon
         armed = kill_gateway_after_decision_commits(rt, monkeypatch)
         thread, box = decide_in_background(rt, approval.approval_id)
 
-        assert wait_until(lambda: not armed.is_set(), 5), "the decision was never written"
+        assert holds_within(lambda: not armed.is_set(), 5), "the decision was never written"
         assert rt.approvals.get(approval.approval_id).decision == "allow"  # durable
         wait_core_alive(rt)
-        assert wait_until(lambda: rt.run(run.id).terminal, 5), describe(rt, [run.id])
+        assert holds_within(lambda: rt.run(run.id).terminal, 5), describe(rt, [run.id])
         assert rt.run(run.id).state == "done"
         thread.join(5)
         assert not thread.is_alive(), "decide() was never answered"
@@ -398,11 +389,11 @@ def test_run_whose_decision_was_lost_does_not_wait_forever(tmp_path, monkeypatch
         approval = wait_for_pending_approval(rt, run.id)
         armed = kill_gateway_after_decision_commits(rt, monkeypatch)
         decide_in_background(rt, approval.approval_id)
-        assert wait_until(lambda: not armed.is_set(), 5), "the decision was never written"
+        assert holds_within(lambda: not armed.is_set(), 5), "the decision was never written"
 
         # The approval timer fires 1 s after the request and finds the decision in the
         # journal: the run must act on it (or fail), not wait for the wall clock (120 s).
-        assert wait_until(lambda: rt.run(run.id).terminal, 3), describe(rt, [run.id])
+        assert holds_within(lambda: rt.run(run.id).terminal, 3), describe(rt, [run.id])
 
 
 # -- the gateway dying while an admission is being committed --------------------------------
@@ -435,7 +426,7 @@ def test_admission_resent_after_the_gateway_died_is_not_orphaned(tmp_path, monke
         assert not armed.is_set()
         run = rt.run(run_id)  # the first admission did commit
         assert error is None, f"send() raised {error!r} but run {run_id} exists ({run.state})"
-        assert wait_until(lambda: rt.run(run_id).terminal, 5), describe(rt, [run_id])
+        assert holds_within(lambda: rt.run(run_id).terminal, 5), describe(rt, [run_id])
         assert rt.run(run_id).state == "done"
 
 
@@ -449,6 +440,6 @@ def test_a_run_failed_from_outside_closes_its_pending_approval(tmp_path):
         assert rt.chaos.kill(run_actor_name(run.id))
         result = run.wait(5)
         assert result.state == "failed" and "run actor failed" in (result.last_error or "")
-        assert wait_until(lambda: not rt.approvals.pending(run_id=run.id), 2), (
+        assert holds_within(lambda: not rt.approvals.pending(run_id=run.id), 2), (
             f"approval {approval.approval_id} of the failed run is still pending")
         assert rt.approvals.get(approval.approval_id).decision == "error"

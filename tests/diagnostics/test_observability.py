@@ -24,6 +24,7 @@ from palyra.observability import (
     classify_run_failure,
 )
 from palyra.orchestrator import store
+from tests.support.wait import until
 
 
 def tape(event_type: str, payload: dict, seq: int = 0) -> tuple[str, TapeDraft]:
@@ -143,6 +144,11 @@ def test_a_runtime_counts_what_its_runs_did_and_diagnostics_show_the_same_number
 
         rt.chaos.crash("budget")
         rt.send("after the crash", session_key="obs").wait(10)
+        # the supervisor records the restart after the new incarnation is serving: a run
+        # may finish first
+        until(lambda: any(e["kind"] == "actor.restarted" and e.get("actor") == "budget"
+                          for e in rt.diagnostics()["supervision"]["restart_history"]),
+              what="the budget restart on record")
         assert rt.verify_journal().ok
         snap = rt.diagnostics()
         history = snap["supervision"]["restart_history"]

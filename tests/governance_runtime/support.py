@@ -9,7 +9,6 @@ which is also what it reserves.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ import pykka
 
 import palyra
 from palyra.records import Approval, TapeEvent
+from tests.support.wait import until
 
 T = TypeVar("T")
 
@@ -38,37 +38,6 @@ CHAOS_SUPERVISION: dict[str, Any] = {
 }
 TERMINAL = ("done", "failed", "cancelled")
 BLOCKED_ERROR = "usage budget hard limit blocked"
-
-
-def merged(base: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
-    """``base`` merged section by section with ``config`` (config wins)."""
-    out = {name: dict(section) for name, section in base.items()}
-    for name, section in (config or {}).items():
-        out[name] = {**out.get(name, {}), **section}
-    return out
-
-
-def until(predicate: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.01,
-          what: str = "condition") -> T:
-    """Poll ``predicate`` with short waits until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()  # never set: wait() is a bounded pause
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(interval)
-
-
-def holds_within(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> bool:
-    """Whether ``predicate`` becomes truthy within ``timeout`` (no assertion)."""
-    try:
-        until(predicate, timeout=timeout, interval=interval)
-    except AssertionError:
-        return False
-    return True
 
 
 def policy(**fields: Any) -> dict[str, Any]:

@@ -21,11 +21,10 @@ from tests.governance_runtime.support import (
     PER_RUN,
     TERMINAL,
     TEXT,
-    holds_within,
     policy,
     retrying,
-    until,
 )
+from tests.support.wait import holds_within, until
 
 RUNS = 200
 ADMITTED = 37  # N: the limit admits exactly this many runs

@@ -1,6 +1,6 @@
 """Budget policies enforced on real runs: validation, block / warn / soft outcomes, routing
 under budget pressure, scopes, the override flow, cost limits, usage accounting and
-restarts. Every wait is bounded (see ``support.until``)."""
+restarts. Every wait is bounded (see ``tests.support.wait.until``)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ from tests.governance_runtime.support import (
     BLOCKED_ERROR,
     PER_RUN,
     TEXT,
-    holds_within,
     pending_override,
     policy,
     step,
     steps,
     tape_usage,
-    until,
 )
+from tests.support.wait import holds_within, until
 
 # -- validation -----------------------------------------------------------------------------
 

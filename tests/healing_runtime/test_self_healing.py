@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import palyra
+from tests.support.wait import until
+
+T = TypeVar("T")
 
 # Probes are slow on purpose: the run actor's own supervisor must not notice the hang
 # first; the healing loop (100 ms) and its stale threshold (300 ms) are what is tested.
@@ -15,14 +20,8 @@ CONFIG = {
 }
 
 
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+def wait_for(predicate: Callable[[], T]) -> T:
+    return until(predicate, timeout=10.0)
 
 
 def test_hung_run_becomes_an_incident_and_is_failed_in_auto(tmp_path):

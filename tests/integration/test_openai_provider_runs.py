@@ -19,6 +19,7 @@ import pytest
 import palyra
 from palyra.journal.store import db_path
 from tests.support.openai_server import OpenAIServer
+from tests.support.wait import until
 
 API_KEY = "sk-test-SECRET123"
 SECRET_FRAGMENTS = (API_KEY.encode(), b"SECRET123")
@@ -250,7 +251,8 @@ def test_cancelling_a_slow_response_cancels_the_run_within_100ms(rt, server):
     server.enqueue_slow(10, "far too late")
     run = rt.send("take your time", session_key="k")
     assert server.wait_for_requests(1, 5), "the provider was never called"
-    assert rt.run(run.id).state == "in_progress"
+    # the provider may see the call before the run's in_progress state is committed
+    until(lambda: rt.run(run.id).state == "in_progress", what=f"{run.id} in progress")
 
     # Timed where the run announces its (committed) terminal state, in its own thread: a
     # waiting caller's wake-up on a loaded 2-core box is not part of "reaching the run".

@@ -14,6 +14,7 @@ import pytest
 import palyra
 from actors import learning
 from palyra.background.tasks import POST_RUN_REFLECTION, REFLECTION_PRIORITY
+from tests.support.wait import until
 
 FAST = {"supervision": {"probe_interval": 0.1, "shutdown_timeout": 1.0}}
 # A 60 s poll: only the wake-ups of the learning actor can make reflection finish in time.
@@ -33,13 +34,9 @@ def reflections(rt: palyra.Runtime, run_id: str | None = None):
 
 def reflected(rt: palyra.Runtime, run_id: str, timeout: float = 10.0):
     """The run's reflection task once it is terminal."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = reflections(rt, run_id)
-        if found and found[0].state in TERMINAL:
-            return found[0]
-        assert time.monotonic() < deadline, f"reflection still {found[0].state if found else 'absent'}"
-        time.sleep(0.01)
+    found = until(lambda: [t for t in reflections(rt, run_id) if t.state in TERMINAL][:1], timeout=timeout,
+                  what=f"a terminal reflection of {run_id}")
+    return found[0]
 
 
 def finish(rt: palyra.Runtime, text: str, session_key: str = "learn"):

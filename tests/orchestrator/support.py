@@ -1,16 +1,13 @@
-"""Helpers for the orchestrator tests: bounded polling and tape queries."""
+"""Helpers for the orchestrator tests: approvals, tape queries and hub recorders."""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import palyra
 from palyra.records import Approval, RunEvent, TapeEvent
-
-T = TypeVar("T")
+from tests.support.wait import until
 
 # The config of the brief: echo needs approval, sleep is allowed without asking.
 TOOLS = {
@@ -21,20 +18,6 @@ TOOLS = {
     },
     "runs": {"approval_timeout_ms": 300, "tool_timeout_ms": 750, "max_tool_calls": 4},
 }
-
-
-def until(predicate: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.005,
-          what: str = "condition") -> T:
-    """Poll ``predicate`` with short waits until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()  # never set: wait() is a bounded pause
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(interval)
 
 
 def pending_approval(rt: palyra.Runtime, run_id: str) -> Approval:

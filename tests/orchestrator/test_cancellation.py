@@ -10,7 +10,8 @@ import palyra
 from palyra.handles import RunHandle
 from palyra.ids import new_ulid
 from palyra.records import RunResult
-from tests.orchestrator.support import Recorder, pending_approval, steps, tool_text, until
+from tests.orchestrator.support import Recorder, pending_approval, steps, tool_text
+from tests.support.wait import until
 
 CANCEL_BOUND_S = 0.1  # the issue: a cancelled run is terminal within 100 ms
 

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from supervisors.threads import ParkedThreads
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from tests.support.wait import holds_within
 
 
 def test_a_finished_loop_parks_its_thread_for_the_next_one():
@@ -23,7 +14,7 @@ def test_a_finished_loop_parks_its_thread_for_the_next_one():
     done = threading.Event()
     pool.start(lambda: (seen.append(threading.get_ident()), done.set()), "a")
     assert done.wait(5)
-    assert wait_for(lambda: pool._idle == 1)  # parked
+    assert holds_within(lambda: pool._idle == 1, 5)  # parked
     again = threading.Event()
     pool.start(lambda: (seen.append(threading.get_ident()), again.set()), "b")
     assert again.wait(5)
@@ -48,9 +39,9 @@ def test_concurrent_loops_each_get_their_own_thread_and_a_hung_one_holds_only_it
         t.start()
     for t in starters:
         t.join(5)
-    assert wait_for(lambda: len(running) == 50), len(running)  # 50 live loops, 50 threads
+    assert holds_within(lambda: len(running) == 50, 5), len(running)  # 50 live loops, 50 threads
     release.set()
-    assert wait_for(lambda: pool._idle == 8)  # at most max_idle park; the rest ended
+    assert holds_within(lambda: pool._idle == 8, 5)  # at most max_idle park; the rest ended
     reused = threading.Event()
     pool.start(reused.set, "after")
     assert reused.wait(5)
@@ -62,8 +53,8 @@ def test_idle_threads_leave_after_the_timeout():
     done = threading.Event()
     pool.start(done.set, "x")
     assert done.wait(5)
-    assert wait_for(lambda: pool._idle == 1)
-    assert wait_for(lambda: pool._idle == 0)  # timed out and left
+    assert holds_within(lambda: pool._idle == 1, 5)
+    assert holds_within(lambda: pool._idle == 0, 5)  # timed out and left
     later = threading.Event()
     pool.start(later.set, "y")  # a fresh thread
     assert later.wait(5)
