@@ -56,6 +56,7 @@ from palyra.memory.embedding import (
 )
 from palyra.memory.query import build_fts_query, flatten, fts_terms, snippet
 from palyra.redaction import sanitize_value
+from palyra.validation import is_int
 
 # --------------------------------------------------------------------------- limits
 
@@ -176,7 +177,7 @@ class MemoryItem:
         confidence = _confidence(confidence)
         if ttl_unix_ms is None:
             ttl_unix_ms = None if default_ttl_ms is None else now_ms + default_ttl_ms
-        elif not isinstance(ttl_unix_ms, int) or isinstance(ttl_unix_ms, bool):
+        elif not is_int(ttl_unix_ms):
             raise InvalidInput("ttl_unix_ms must be an integer (unix ms)", details={"field": "ttl_unix_ms"})
         elif ttl_unix_ms <= now_ms:
             raise InvalidInput("ttl_unix_ms must be in the future", details={"field": "ttl_unix_ms"})
@@ -364,7 +365,7 @@ def _memory_id(memory_id: Any) -> str:
 
 
 def _now(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise InvalidInput("now_ms must be an integer")
     return value
 
