@@ -16,6 +16,7 @@ import orjson
 from palyra.background import tasks as t
 from palyra.background.tasks import BackgroundTask
 from palyra.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from palyra.journal.filters import where
 from palyra.journal.store import Txn
 
 Op = Callable[[Txn], Any]
@@ -183,19 +184,12 @@ class TaskQueries:
     def tasks(self, *, session_id: str | None = None, owner_principal: str | None = None,
               states: Sequence[str] | None = None, limit: int = 100) -> list[BackgroundTask]:
         """Newest first."""
-        clauses, args = [], []
-        if session_id is not None:
-            clauses.append("session_ulid = ?")
-            args.append(session_id)
-        if owner_principal is not None:
-            clauses.append("owner_principal = ?")
-            args.append(owner_principal)
-        if states:
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(t.normalize_state(s) for s in states)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        clause, args = where(
+            {"session_ulid": session_id, "owner_principal": owner_principal},
+            {"state": [t.normalize_state(s) for s in states or ()]},
+        )
         rows = self.conn.execute(
-            f"SELECT {_COLS} FROM orchestrator_background_tasks {where}"
+            f"SELECT {_COLS} FROM orchestrator_background_tasks {clause}"
             " ORDER BY created_at_unix_ms DESC, task_ulid DESC LIMIT ?",
             (*args, max(1, min(int(limit), 1000))),
         ).fetchall()

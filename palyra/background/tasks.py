@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from palyra.errors import InvalidInput, InvalidTransition
 from palyra.ids import is_ulid, new_ulid
+from palyra.validation import bad, is_int, non_empty_text
 
 # --------------------------------------------------------------------------- kinds
 
@@ -495,7 +496,7 @@ def child_timeout_ms(task: BackgroundTask) -> int | None:
     if task.task_kind != DELEGATION_PROMPT or not task.delegation:
         return None
     value = task.delegation.get("child_timeout_ms")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if is_int(value) and value > 0 else None
 
 
 # --------------------------------------------------------------------------- create requests
@@ -506,16 +507,12 @@ CREATE_FIELDS = frozenset({
 })
 
 
-def _bad(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field} {message}", details={"field": field})
-
-
 def _int(body: Mapping[str, Any], field: str) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(field, "must be an integer")
+    if not is_int(value):
+        raise bad(field, "must be an integer")
     return value
 
 
@@ -524,7 +521,7 @@ def _obj(body: Mapping[str, Any], field: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _bad(field, "must be a JSON object")
+        raise bad(field, "must be a JSON object")
     return dict(value)
 
 
@@ -550,52 +547,49 @@ def validate_create(
     ``parent_run_id`` is the session's run a delegation hangs from.
     """
     if not isinstance(body, Mapping):
-        raise _bad("body", "must be a JSON object")
+        raise bad("body", "must be a JSON object")
     for key in body:
         if key not in CREATE_FIELDS:
-            raise _bad(str(key), "is not a known field")
+            raise bad(str(key), "is not a known field")
     if not is_ulid(session_id):
-        raise _bad("session_id", "must be a canonical ULID")
-    text = body.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise _bad("text", "must be a non-empty string")
+        raise bad("session_id", "must be a canonical ULID")
+    text = non_empty_text(body.get("text"), "text")
     if len(text) > MAX_INPUT_CHARS:
-        raise _bad("text", f"must be at most {MAX_INPUT_CHARS} characters")
+        raise bad("text", f"must be at most {MAX_INPUT_CHARS} characters")
     delegation = _obj(body, "delegation")
     raw_kind = body.get("task_kind")
     if raw_kind is None:
         kind = DELEGATION_PROMPT if delegation is not None else BACKGROUND_PROMPT
     elif not isinstance(raw_kind, str):
-        raise _bad("task_kind", "must be a string")
+        raise bad("task_kind", "must be a string")
     else:
         kind = normalize_kind(raw_kind)
     if kind in INTERNAL_KINDS:
-        raise _bad("task_kind", f"{kind} is internal-only")
+        raise bad("task_kind", f"{kind} is internal-only")
     if delegation is not None and kind != DELEGATION_PROMPT:
-        raise _bad("task_kind", "must be delegation_prompt when a delegation is given")
+        raise bad("task_kind", "must be delegation_prompt when a delegation is given")
     if kind == DELEGATION_PROMPT:
         if delegation is None:
-            raise _bad("delegation", "is required for delegation_prompt")
+            raise bad("delegation", "is required for delegation_prompt")
         if not is_ulid(parent_run_id):
-            raise _bad("delegation", "requires a parent run in the session")
+            raise bad("delegation", "requires a parent run in the session")
         timeout = delegation.get("child_timeout_ms")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
-                                    or timeout <= 0):
-            raise _bad("delegation", "child_timeout_ms must be a positive integer")
+        if timeout is not None and not (is_int(timeout) and timeout > 0):
+            raise bad("delegation", "child_timeout_ms must be a positive integer")
     priority = _int(body, "priority")
     max_attempts = _int(body, "max_attempts")
     budget = _int(body, "budget_tokens")
     if budget is not None and budget < 1:
-        raise _bad("budget_tokens", "must be at least 1")
+        raise bad("budget_tokens", "must be at least 1")
     not_before = _int(body, "not_before_unix_ms")
     expires = _int(body, "expires_at_unix_ms")
     if not_before is not None and not_before < 0:
-        raise _bad("not_before_unix_ms", "must not be negative")
+        raise bad("not_before_unix_ms", "must not be negative")
     if expires is not None:
         if expires <= now_ms:
-            raise _bad("expires_at_unix_ms", "must be in the future")
+            raise bad("expires_at_unix_ms", "must be in the future")
         if not_before is not None and expires <= not_before:
-            raise _bad("expires_at_unix_ms", "must be after not_before_unix_ms")
+            raise bad("expires_at_unix_ms", "must be after not_before_unix_ms")
     notification = _obj(body, "notification_target")
     delta = _obj(body, "parameter_delta")
     return BackgroundTask(

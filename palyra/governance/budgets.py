@@ -37,6 +37,7 @@ from typing import Any
 
 from palyra.errors import Conflict, InvalidInput
 from palyra.governance.pricing import micros_to_usd_exact, usd_to_micros
+from palyra.validation import bad, is_int, non_empty_text, non_negative_int
 
 __all__ = [
     "ACTIONS",
@@ -101,18 +102,6 @@ ScopeKey = tuple[str, str]
 _GLOBAL_KEY: ScopeKey = ("global", "")
 
 
-def _bad(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field} {message}", details={"field": field})
-
-
-def _non_negative_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(field, "must be an integer")
-    if value < 0:
-        raise _bad(field, "must not be negative")
-    return value
-
-
 # --------------------------------------------------------------------------- values
 
 
@@ -134,8 +123,8 @@ class Amount:
 
     def checked(self, field: str = "amount") -> Amount:
         """Itself, after checking both parts are non-negative integers."""
-        _non_negative_int(self.tokens, f"{field}.tokens")
-        _non_negative_int(self.cost_micro_usd, f"{field}.cost_micro_usd")
+        non_negative_int(self.tokens, f"{field}.tokens")
+        non_negative_int(self.cost_micro_usd, f"{field}.cost_micro_usd")
         return self
 
 
@@ -230,46 +219,45 @@ class BudgetPolicy:
 
 def _one_of(value: Any, allowed: frozenset[str], field: str) -> None:
     if not isinstance(value, str) or value not in allowed:
-        raise _bad(field, f"must be one of {', '.join(sorted(allowed))} (got {value!r})")
+        raise bad(field, f"must be one of {', '.join(sorted(allowed))} (got {value!r})")
 
 
 def validate_policy(policy: BudgetPolicy) -> None:
     """Reject a malformed policy with an :class:`InvalidInput` that names the field."""
-    if not isinstance(policy.policy_id, str) or not policy.policy_id.strip():
-        raise _bad("policy_id", "must be a non-empty string")
+    non_empty_text(policy.policy_id, "policy_id")
     _one_of(policy.scope_kind, SCOPE_KINDS, "scope_kind")
     _one_of(policy.metric_kind, METRIC_KINDS, "metric_kind")
     _one_of(policy.interval_kind, INTERVAL_KINDS, "interval_kind")
     _one_of(policy.action, ACTIONS, "action")
     if policy.scope_kind == "global":
         if policy.scope_id not in (None, ""):
-            raise _bad("scope_id", "must be empty for a global policy")
+            raise bad("scope_id", "must be empty for a global policy")
     elif not isinstance(policy.scope_id, str) or not policy.scope_id.strip():
-        raise _bad("scope_id", f"is required for scope_kind {policy.scope_kind}")
+        raise bad("scope_id", f"is required for scope_kind {policy.scope_kind}")
     for field, value in (
         ("soft_limit_value", policy.soft_limit),
         ("hard_limit_value", policy.hard_limit),
     ):
         if value is not None:
-            _non_negative_int(value, field)
+            non_negative_int(value, field)
     if policy.soft_limit is None and policy.hard_limit is None:
-        raise _bad("hard_limit_value", "or soft_limit_value is required")
+        raise bad("hard_limit_value", "or soft_limit_value is required")
     if (
         policy.soft_limit is not None
         and policy.hard_limit is not None
         and policy.soft_limit > policy.hard_limit
     ):
-        raise _bad("soft_limit_value", "must not be above hard_limit_value")
+        raise bad("soft_limit_value", "must not be above hard_limit_value")
     if policy.routing_mode_override is not None:
         _one_of(policy.routing_mode_override, ROUTING_MODES, "routing_mode_override")
     if not isinstance(policy.enabled, bool):
-        raise _bad("enabled", "must be a boolean")
+        raise bad("enabled", "must be a boolean")
     for field in ("created_by_principal", "updated_by_principal"):
         value = getattr(policy, field)
         if value is not None and not isinstance(value, str):
-            raise _bad(field, "must be a string")
-    _non_negative_int(policy.created_at_unix_ms, "created_at_unix_ms")
-    _non_negative_int(policy.updated_at_unix_ms, "updated_at_unix_ms")
+            raise bad(field, "must be a string")
+    non_negative_int(policy.created_at_unix_ms, "created_at_unix_ms")
+    non_negative_int(policy.updated_at_unix_ms, "updated_at_unix_ms")
 
 
 _POLICY_FIELDS = frozenset(
@@ -299,13 +287,13 @@ def _limit_from_wire(value: Any, metric_kind: str, field: str) -> int | None:
     if metric_kind == "estimated_cost_usd":
         micros = usd_to_micros(value, field=field)
     elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(field, "must be a number")
+        raise bad(field, "must be a number")
     elif isinstance(value, float) and not value.is_integer():
-        raise _bad(field, "must be a whole number of tokens")
+        raise bad(field, "must be a whole number of tokens")
     else:
         micros = int(value)
     if micros < 0:
-        raise _bad(field, "must not be negative")
+        raise bad(field, "must not be negative")
     return micros
 
 
@@ -320,7 +308,7 @@ def policy_from_mapping(mapping: Mapping[str, Any]) -> BudgetPolicy:
         )
     for field in _REQUIRED_FIELDS:
         if mapping.get(field) is None:
-            raise _bad(field, "is required")
+            raise bad(field, "is required")
     metric_kind = mapping["metric_kind"]
     _one_of(metric_kind, METRIC_KINDS, "metric_kind")
     kwargs = {
@@ -364,7 +352,7 @@ def window_start(interval_kind: str, now_ms: int) -> int | None:
         return int(datetime(at.year, at.month, 1, tzinfo=UTC).timestamp()) * 1000
     if interval_kind == "run":
         return None
-    raise _bad("interval_kind", f"must be one of {', '.join(sorted(INTERVAL_KINDS))}")
+    raise bad("interval_kind", f"must be one of {', '.join(sorted(INTERVAL_KINDS))}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -654,7 +642,7 @@ class Ledger:
         (``replayed``); reusing an id otherwise raises :class:`Conflict`.
         """
         if not isinstance(reservation_id, str) or not reservation_id:
-            raise _bad("reservation_id", "must be a non-empty string")
+            raise bad("reservation_id", "must be a non-empty string")
         projected.checked("projected")
         policies = tuple(policies)
         existing = self._reservations.get(reservation_id)
@@ -734,7 +722,7 @@ class Ledger:
         try:
             rid = event["reservation_id"]
             at = event["at_unix_ms"]
-            if not isinstance(rid, str) or isinstance(at, bool) or not isinstance(at, int):
+            if not isinstance(rid, str) or not is_int(at):
                 raise TypeError
             if kind != "released":
                 scope = _scope_from_event(event)

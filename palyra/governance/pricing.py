@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from palyra.errors import InvalidInput
+from palyra.validation import bad, is_int, non_empty_text, non_negative_int
 
 __all__ = [
     "MICROS_PER_USD",
@@ -143,46 +144,30 @@ def micros_to_usd_exact(micros: int) -> float:
     return float(Decimal(micros) / MICROS_PER_USD)
 
 
-def _bad(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field} {message}", details={"field": field})
-
-
-def _require_text(record: Any, field: str) -> None:
-    value = getattr(record, field)
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(field, "must be a non-empty string")
-
-
-def _require_int(value: Any, field: str, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(field, "must be an integer")
-    if value < 0:
-        raise _bad(field, "must not be negative")
-
-
 def validate_pricing(record: PricingRecord) -> None:
     """Reject a pricing row on write; the :class:`InvalidInput` names the bad field."""
     for field in ("pricing_id", "provider_id", "provider_kind", "model_id", "source"):
-        _require_text(record, field)
-    _require_int(record.effective_from_unix_ms, "effective_from_unix_ms")
-    _require_int(record.effective_to_unix_ms, "effective_to_unix_ms", optional=True)
+        non_empty_text(getattr(record, field), field)
+    non_negative_int(record.effective_from_unix_ms, "effective_from_unix_ms")
+    if record.effective_to_unix_ms is not None:
+        non_negative_int(record.effective_to_unix_ms, "effective_to_unix_ms")
     if (
         record.effective_to_unix_ms is not None
         and record.effective_to_unix_ms <= record.effective_from_unix_ms
     ):
-        raise _bad("effective_to_unix_ms", "must be after effective_from_unix_ms")
+        raise bad("effective_to_unix_ms", "must be after effective_from_unix_ms")
     for field in (
         "input_cost_per_million_micro_usd",
         "output_cost_per_million_micro_usd",
         "fixed_request_cost_micro_usd",
     ):
-        _require_int(getattr(record, field), field, optional=True)
+        value = getattr(record, field)
+        if value is not None:
+            non_negative_int(value, field)
     if record.precision not in PRECISIONS:
-        raise _bad("precision", f"must be one of {sorted(PRECISIONS)}")
+        raise bad("precision", f"must be one of {sorted(PRECISIONS)}")
     if record.currency != CURRENCY:
-        raise _bad("currency", "must be USD")
+        raise bad("currency", "must be USD")
 
 
 _WIRE_COSTS = {
@@ -220,18 +205,18 @@ def pricing_from_mapping(mapping: Mapping[str, Any]) -> PricingRecord:
         if value is not None:
             micros = usd_to_micros(value, field=wire)
             if micros < 0:
-                raise _bad(wire, "must not be negative")
+                raise bad(wire, "must not be negative")
             kwargs[internal] = micros
     for required in ("pricing_id", "provider_id", "provider_kind", "model_id"):
         if required not in kwargs:
-            raise _bad(required, "is required")
+            raise bad(required, "is required")
     try:
         return PricingRecord(**kwargs)
     except InvalidInput as exc:  # name the wire field, not the internal one
         field = exc.details.get("field")
         for wire, internal in _WIRE_COSTS.items():
             if field == internal:
-                raise _bad(wire, exc.message.removeprefix(internal).strip()) from None
+                raise bad(wire, exc.message.removeprefix(internal).strip()) from None
         raise
 
 
@@ -341,10 +326,8 @@ def estimate_cost(
         ("prompt_tokens", prompt_tokens),
         ("completion_tokens", completion_tokens),
     ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            raise _bad(field, "must be a non-negative integer")
+        if value is not None and not (is_int(value) and value >= 0):
+            raise bad(field, "must be a non-negative integer")
     if completion_tokens is None:
         completion_tokens = projected_completion_tokens(prompt_tokens)
     if pricing is None:

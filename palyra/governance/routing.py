@@ -47,6 +47,7 @@ from palyra.governance.pricing import (
 )
 from palyra.ids import new_ulid
 from palyra.providers.base import estimate_tokens
+from palyra.validation import bad, is_int
 
 __all__ = [
     "COMPLEXITY_KEYWORDS",
@@ -360,10 +361,8 @@ def plan_usage_routing(
             f"task_class must be one of {', '.join(sorted(TASK_CLASSES))} (got {task_class!r})",
             details={"field": "task_class"},
         )
-    if isinstance(vision_inputs, bool) or not isinstance(vision_inputs, int) or vision_inputs < 0:
-        raise InvalidInput(
-            "vision_inputs must be a non-negative integer", details={"field": "vision_inputs"}
-        )
+    if not is_int(vision_inputs) or vision_inputs < 0:
+        raise bad("vision_inputs", "must be a non-negative integer")
     health = dict(health or {})
     leases = dict(leases or {})
     for provider, state in health.items():

@@ -25,6 +25,7 @@ from palyra.governance.budgets import (
 )
 from palyra.governance.pricing import micros_to_usd, usd_to_micros
 from palyra.records import TERMINAL_STATES
+from palyra.validation import bad, is_int
 
 __all__ = [
     "EXPORT_DATASETS",
@@ -123,8 +124,8 @@ class UsageQuery:
 
 
 def _int_param(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{field} must be a non-negative integer", details={"field": field})
+    if not is_int(value) or value < 0:
+        raise bad(field, "must be a non-negative integer")
     return value
 
 
@@ -229,7 +230,7 @@ def summarize(
 
 
 def _page(limit: int, cursor: str | None) -> tuple[int, int]:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+    if not is_int(limit) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", details={"field": "limit"})
     if cursor is None or cursor == "":
         return limit, 0

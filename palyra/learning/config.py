@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from palyra.errors import InvalidInput
+from palyra.validation import is_int
 
 BPS = 10_000
 
@@ -39,7 +40,7 @@ class LearningConfig:
                 (self.procedure_review_min_confidence_bps, 0, BPS),
         }
         for name, (value, low, high) in checks.items():
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 raise InvalidInput(f"learning.{name} must be an integer", details={"field": name})
             if value < low or (high is not None and value > high):
                 bound = f"{low}..{high}" if high is not None else f">= {low}"

@@ -26,6 +26,7 @@ from palyra.learning import candidates as c
 from palyra.learning.candidates import Candidate, HistoryEntry, Preference
 from palyra.learning.config import DEFAULT_CONFIG, LearningConfig
 from palyra.learning.extract import injection_suspected
+from palyra.validation import non_empty_text
 
 REVIEW_TRANSITIONS: dict[str, frozenset[str]] = {
     c.QUEUED: frozenset({c.NEEDS_REVIEW, c.ACCEPTED, c.REJECTED, c.CONFLICTED, c.AUTO_APPLIED}),
@@ -60,8 +61,7 @@ def review(
 ) -> ReviewOutcome:
     """Move ``candidate`` to ``status`` (console aliases accepted) on ``reviewer``'s behalf."""
     target = c.normalize_status(status)
-    if not isinstance(reviewer, str) or not reviewer.strip():
-        raise InvalidInput("reviewer must be a non-empty string", details={"field": "reviewer"})
+    non_empty_text(reviewer, "reviewer")
     if payload is not None and not isinstance(payload, dict):
         raise InvalidInput("payload must be a JSON object", details={"field": "payload"})
     if target not in REVIEW_TRANSITIONS[candidate.status]:

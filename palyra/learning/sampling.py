@@ -15,6 +15,7 @@ from palyra.background import tasks as bg
 from palyra.errors import InvalidInput
 from palyra.ids import new_ulid
 from palyra.learning.config import DEFAULT_CONFIG, LearningConfig
+from palyra.validation import is_int
 
 TRIGGER_POLICY = "post_run_learning_v1"
 NOT_BEFORE_DELAY_MS = 250
@@ -49,8 +50,7 @@ def should_reflect(
 
     ``key`` overrides the sample key (see :func:`sample_key`); default: the run id.
     """
-    if isinstance(sampling_percent, bool) or not isinstance(sampling_percent, int) \
-            or not 0 <= sampling_percent <= 100:
+    if not is_int(sampling_percent) or not 0 <= sampling_percent <= 100:
         raise InvalidInput("sampling_percent must be an integer 0..100",
                            details={"field": "sampling_percent"})
     if sampling_percent == 0:

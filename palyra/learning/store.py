@@ -14,6 +14,7 @@ import orjson
 
 from palyra.errors import Conflict, InvalidInput, NotFound
 from palyra.ids import new_ulid
+from palyra.journal.filters import where
 from palyra.journal.store import Txn
 from palyra.learning import candidates as c
 from palyra.learning import review as rv
@@ -221,19 +222,13 @@ class LearningQueries:
     def candidates(self, *, owner_principal: str | None = None, status: str | None = None,
                    session_id: str | None = None, limit: int = 100) -> list[Candidate]:
         """Newest first; ``status`` accepts console aliases."""
-        clauses, args = [], []
-        if owner_principal is not None:
-            clauses.append("owner_principal = ?")
-            args.append(owner_principal)
-        if status is not None:
-            clauses.append("status = ?")
-            args.append(c.normalize_status(status))
-        if session_id is not None:
-            clauses.append("session_ulid = ?")
-            args.append(session_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        clause, args = where({
+            "owner_principal": owner_principal,
+            "status": None if status is None else c.normalize_status(status),
+            "session_ulid": session_id,
+        })
         rows = self.conn.execute(
-            f"SELECT {_COLS} FROM learning_candidates {where}"
+            f"SELECT {_COLS} FROM learning_candidates {clause}"
             " ORDER BY created_at_unix_ms DESC, candidate_ulid DESC LIMIT ?",
             (*args, max(1, min(int(limit), 500))),
         ).fetchall()

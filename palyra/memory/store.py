@@ -56,6 +56,7 @@ from palyra.memory.embedding import (
 )
 from palyra.memory.query import build_fts_query, flatten, fts_terms, snippet
 from palyra.redaction import sanitize_value
+from palyra.validation import is_int
 
 # --------------------------------------------------------------------------- limits
 
@@ -176,7 +177,7 @@ class MemoryItem:
         confidence = _confidence(confidence)
         if ttl_unix_ms is None:
             ttl_unix_ms = None if default_ttl_ms is None else now_ms + default_ttl_ms
-        elif not isinstance(ttl_unix_ms, int) or isinstance(ttl_unix_ms, bool):
+        elif not is_int(ttl_unix_ms):
             raise InvalidInput("ttl_unix_ms must be an integer (unix ms)", details={"field": "ttl_unix_ms"})
         elif ttl_unix_ms <= now_ms:
             raise InvalidInput("ttl_unix_ms must be in the future", details={"field": "ttl_unix_ms"})
@@ -315,15 +316,16 @@ def _name(field: str, value: Any) -> str:
     return value
 
 
+def _unit_interval(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and 0.0 <= value <= 1.0
+    ):
+        raise InvalidInput(f"{field} must be a number in [0, 1]", details={"field": field})
+    return float(value)
+
+
 def _confidence(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput("confidence must be a number in [0, 1]", details={"field": "confidence"})
-    value = float(value)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InvalidInput("confidence must be a number in [0, 1]", details={"field": "confidence"})
-    return value
+    return None if value is None else _unit_interval(value, "confidence")
 
 
 def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
@@ -364,7 +366,7 @@ def _memory_id(memory_id: Any) -> str:
 
 
 def _now(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise InvalidInput("now_ms must be an integer")
     return value
 
@@ -779,10 +781,7 @@ class MemoryQueries:
                 f"memory query is {size} bytes; the limit is {MAX_QUERY_BYTES}",
                 details={"payload_kind": "memory_query", "limit": MAX_QUERY_BYTES},
             )
-        if isinstance(min_score, bool) or not isinstance(min_score, int | float) or not (
-            math.isfinite(min_score) and 0.0 <= min_score <= 1.0
-        ):
-            raise InvalidInput("min_score must be a number in [0, 1]", details={"field": "min_score"})
+        _unit_interval(min_score, "min_score")
         limit = max(1, min(int(limit), MAX_SEARCH_TOP_K))
         now = self._now(now_ms)
         visibility = self._filter(principal, channel, session_id, scopes, False, now)
