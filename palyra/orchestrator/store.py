@@ -16,6 +16,7 @@ import orjson
 
 from palyra.errors import Conflict, NotFound, ResourceExhausted
 from palyra.ids import new_ulid
+from palyra.journal.filters import where
 from palyra.journal.store import TapeDraft, Txn
 from palyra.orchestrator.state import PHASES
 from palyra.records import Approval, Identity, Run, Session, TapeEvent, Usage
@@ -413,16 +414,9 @@ class Queries:
 
     def runs(self, *, states: Sequence[str] | None = None, session_id: str | None = None,
              limit: int = 100) -> list[Run]:
-        clauses, args = [], []
-        if states:
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(states)
-        if session_id:
-            clauses.append("session_ulid = ?")
-            args.append(session_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        clause, args = where({"session_ulid": session_id or None}, {"state": states or ()})
         rows = self.conn.execute(
-            f"SELECT {_RUN_COLS} FROM orchestrator_runs {where} ORDER BY created_at_unix_ms DESC,"
+            f"SELECT {_RUN_COLS} FROM orchestrator_runs {clause} ORDER BY created_at_unix_ms DESC,"
             " run_ulid DESC LIMIT ?",
             (*args, max(1, min(int(limit), 10_000))),
         ).fetchall()
