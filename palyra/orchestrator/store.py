@@ -481,9 +481,9 @@ class Queries:
         if run_id:
             clauses.append("run_ulid = ?")
             args.append(run_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.conn.execute(
-            f"SELECT {_APPROVAL_COLS} FROM approvals {where} ORDER BY requested_at_unix_ms, approval_ulid"
+            f"SELECT {_APPROVAL_COLS} FROM approvals {clause} ORDER BY requested_at_unix_ms, approval_ulid"
             " LIMIT ?", (*args, max(1, min(int(limit), 500))),
         ).fetchall()
         return [_approval(r) for r in rows]
