@@ -37,9 +37,7 @@ _ENV_MARKERS = ("api_key", "apikey", "token", "secret", "password", "passwd", "c
 _ENV_PATH_SUFFIXES = ("_file", "_path", "_dir")
 
 # Shapes of credentials that may sit in free text under a neutral key (a user message, a
-# tool output) where the key-driven redaction does not look. "palyra_" API tokens are
-# base64url of 32 bytes; requiring 32+ characters with a digit or capital keeps our own
-# snake_case identifiers (metric names, ...) out.
+# tool output) where the key-driven redaction does not look.
 _PATTERNS = {
     "bearer_credential": re.compile(r"(?i)\b(bearer[ \t]+)[A-Za-z0-9._~+/=-]{8,}"),
     "sk_api_key": re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
@@ -110,9 +108,9 @@ def known_secrets(state_dir: str | os.PathLike[str], *, documents: Iterable[Any]
 def scrub_patterns(value: Any) -> Any:
     """Replace credential-shaped text in every string of a JSON document (keys are kept)."""
     if isinstance(value, str):
-        for name, pattern in _PATTERNS.items():
-            repl = (lambda m: m.group(1) + REDACTED) if name == "bearer_credential" else REDACTED
-            value = pattern.sub(repl, value)
+        for pattern in _PATTERNS.values():
+            # A pattern with a group keeps it ("Bearer "); the credential goes.
+            value = pattern.sub(rf"\g<1>{REDACTED}" if pattern.groups else REDACTED, value)
         return value
     if isinstance(value, dict):
         return {key: scrub_patterns(child) for key, child in value.items()}

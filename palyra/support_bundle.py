@@ -31,7 +31,6 @@ import io
 import os
 import platform
 import tarfile
-import tempfile
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -350,17 +349,10 @@ def build_bundle(state_dir: str | os.PathLike[str], *, config_path: str | None =
 def write_bundle(bundle: Bundle, output_path: str | os.PathLike[str]) -> Path:
     """Write the archive atomically (0600 temp file beside the target, then rename), so
     a reader never sees half a bundle and a failed write leaves nothing behind."""
+    from palyra.cli.doctor.recovery import write_private
+
     path = Path(output_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(bundle.archive)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, bundle.archive)
     return path
 
 

@@ -15,7 +15,16 @@ from typing import Any
 
 import orjson
 
-from palyra.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Daemon, _print
+from palyra.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Daemon,
+    _given,
+    _policy_terms,
+    _print,
+)
 
 Column = tuple[str, Callable[[dict[str, Any]], Any], int]  # header, value, max width
 
@@ -38,10 +47,6 @@ def _cut(value: Any, width: int) -> str:
 
 def _col(key: str, width: int = 26, header: str | None = None) -> Column:
     return (header or key.upper(), lambda row: row.get(key), width)
-
-
-def _given(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 # -- tasks ----------------------------------------------------------------------------
@@ -141,9 +146,7 @@ def _policy(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_budgets_put(args: argparse.Namespace, d: Daemon) -> int:
     p = d.call("POST", "/admin/v1/budgets", json=_policy(args))
-    _print(p, args.json, f"policy {p['policy_id']}: {p['scope_kind']}:{p['scope_id'] or '*'} "
-                         f"{p['metric_kind']} {p['interval_kind']} soft {p['soft_limit_value']} "
-                         f"hard {p['hard_limit_value']} -> {p['action']}")
+    _print(p, args.json, f"policy {p['policy_id']}: {_policy_terms(p)}")
     return EXIT_OK
 
 

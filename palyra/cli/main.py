@@ -46,15 +46,24 @@ def _print(data: object, as_json: bool, human: str) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() if as_json else human)
 
 
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields that are not None (a request body of the options given)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _journal(args: argparse.Namespace) -> Reader:
+    """A reader of the state directory's journal; a usage error when there is none."""
+    state = _state_dir(args)
+    if not db_path(state).exists():
+        raise CliError(f"no journal in {state}", EXIT_USAGE)
+    return Reader(state)
+
+
 # -- journal (local) --------------------------------------------------------------------
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
-    state = _state_dir(args)
-    if not db_path(state).exists():
-        print(f"palyra: no journal in {state}", file=sys.stderr)
-        return EXIT_USAGE
-    with Reader(state) as reader:
+    with _journal(args) as reader:
         report = reader.verify_chain()
     data = {
         "ok": report.ok, "events": report.events, "first_bad_seq": report.first_bad_seq,
@@ -139,11 +148,7 @@ def cmd_support_bundle_export(args: argparse.Namespace) -> int:
 
 
 def cmd_journal_recent(args: argparse.Namespace) -> int:
-    state = _state_dir(args)
-    if not db_path(state).exists():
-        print(f"palyra: no journal in {state}", file=sys.stderr)
-        return EXIT_USAGE
-    with Reader(state) as reader:
+    with _journal(args) as reader:
         rows = reader.recent(args.limit, args.kind)
     lines = [f"{r['seq']:>8}  {r['kind']:<24} {r['payload_json'][:80]}" for r in rows]
     _print(rows, _opt(args, "json", False), "\n".join(lines) or "(no events)")
@@ -368,7 +373,7 @@ def _decide(args: argparse.Namespace, d: Daemon, approved: bool) -> int:
     if approved:
         body.update(scope=args.scope, ttl_ms=args.ttl_ms)
     decided = d.call("POST", f"/admin/v1/approvals/{args.approval_id}/decision",
-                     json={k: v for k, v in body.items() if v is not None})
+                     json=_given(**body))
     _print(decided, args.json, f"{decided['approval_id']}: {decided['decision']} "
                                f"({decided['decision_scope']})")
     return EXIT_OK
@@ -382,11 +387,16 @@ def cmd_approvals_deny(args: argparse.Namespace, d: Daemon) -> int:
     return _decide(args, d, False)
 
 
+def _policy_terms(p: dict[str, Any], sep: str = " ") -> str:
+    """A budget policy's scope, metric, limits and action on one line."""
+    return (f"{p['scope_kind']}:{p['scope_id'] or '*'}{sep}{p['metric_kind']} "
+            f"{p['interval_kind']}{sep}soft {p['soft_limit_value']} hard {p['hard_limit_value']} "
+            f"-> {p['action']}")
+
+
 def cmd_budgets_list(args: argparse.Namespace, d: Daemon) -> int:
     data = d.call("GET", "/admin/v1/budgets")
-    lines = [f"{p['policy_id']}  {p['scope_kind']}:{p['scope_id'] or '*'}  {p['metric_kind']} "
-             f"{p['interval_kind']}  soft {p['soft_limit_value']} hard {p['hard_limit_value']} "
-             f"-> {p['action']}{'' if p['enabled'] else ' (disabled)'}"
+    lines = [f"{p['policy_id']}  {_policy_terms(p, '  ')}{'' if p['enabled'] else ' (disabled)'}"
              for p in data["policies"]]
     _print(data, args.json, "\n".join(lines) or "(no budget policies)")
     return EXIT_OK
@@ -412,10 +422,9 @@ def _token_line(t: dict[str, Any]) -> str:
 
 
 def cmd_tokens_create(args: argparse.Namespace, d: Daemon) -> int:
-    body = {"name": args.name, "scopes": args.scope, "principal": args.principal,
-            "expires_in_s": args.expires_in, "rate_limit_per_minute": args.rate_limit}
-    made = d.call("POST", "/admin/v1/api-tokens",
-                  json={k: v for k, v in body.items() if v is not None})
+    body = _given(name=args.name, scopes=args.scope, principal=args.principal,
+                  expires_in_s=args.expires_in, rate_limit_per_minute=args.rate_limit)
+    made = d.call("POST", "/admin/v1/api-tokens", json=body)
     # the token goes to stdout (to be captured), the warning to stderr (to be seen)
     print("palyra: store this token now: it is shown only once and cannot be recovered",
           file=sys.stderr)

@@ -23,7 +23,6 @@ from palyra.errors import InvalidInput, NotFound
 from palyra.governance.usage import EXPORT_DATASETS
 from palyra.healing.incidents import RuntimeIncidentRecord
 from palyra.healing.remediation import RemediationAttempt
-from palyra.ids import is_ulid
 from palyra.learning.candidates import Candidate
 from palyra.memory.store import MAX_SEARCH_TOP_K, SCOPES, SOURCES, MemoryItem
 from surfaces.http.schema import (
@@ -48,14 +47,6 @@ _CHANNEL = Field("channel", "string", max_length=_STR)
 _OWNER = Param("principal", default="user:local", description="the owner (records are scoped to it)")
 
 
-def _ulid_field(body: dict[str, Any], name: str) -> None:
-    """ULIDs in a body are checked here so the 400 names the field before the runtime
-    sees them (the runtime's own check may not say which field it was)."""
-    value = body.get(name)
-    if value is not None and not is_ulid(value):
-        raise InvalidInput(f"{name}: must be a canonical ULID", details={"field": name})
-
-
 # -- background tasks -----------------------------------------------------------------
 
 
@@ -68,8 +59,6 @@ async def list_tasks(call: Call) -> Any:
 
 async def create_task(call: Call) -> Any:
     b = dict(call.body)
-    for name in ("session_id", "parent_run_id"):
-        _ulid_field(b, name)
     known = ("text", "task_kind", "session_key", "session_id", "principal", "device_id", "channel",
              "parent_run_id")
     options = {k: v for k, v in b.items() if k not in known}
@@ -134,8 +123,6 @@ async def check_incidents(call: Call) -> Any:
 
 async def list_learning_candidates(call: Call) -> Any:
     q = call.query
-    if q["session_id"] is not None and not is_ulid(q["session_id"]):
-        raise InvalidInput("session_id: must be a canonical ULID", details={"field": "session_id"})
     found = await call.pool.run(call.rt.learning.candidates, principal=q["principal"],
                                 status=q["status"], session_id=q["session_id"], limit=q["limit"])
     return respond({"candidates": [c.to_dict() for c in found]})
@@ -155,7 +142,6 @@ async def review_learning_candidate(call: Call) -> Any:
 
 async def search_memory(call: Call) -> Any:
     b = call.body
-    _ulid_field(b, "session_id")
     hits = await call.pool.run(
         lambda: call.rt.memory.search(b["query"], principal=b.get("principal", "user:local"),
                                       channel=b.get("channel"), session_id=b.get("session_id"),
@@ -166,7 +152,6 @@ async def search_memory(call: Call) -> Any:
 
 async def ingest_memory(call: Call) -> Any:
     b = call.body
-    _ulid_field(b, "session_id")
     if not b["text"].strip():
         raise InvalidInput("text: must not be empty", details={"field": "text"})
     item = await call.pool.run(
@@ -259,11 +244,11 @@ CREATE_TASK = Body("CreateTaskRequest", (
     Field("text", "string", required=True, description="the prompt (at most 32768 characters)"),
     Field("task_kind", "string", description="default background_prompt; console kinds and aliases"),
     Field("session_key", "string", max_length=_STR, description="free-text session alias"),
-    Field("session_id", "string", description="a session ULID"),
+    Field("session_id", "string", ulid=True, description="a session ULID"),
     _PRINCIPAL,
     Field("device_id", "string", max_length=_STR, description="default local"),
     _CHANNEL,
-    Field("parent_run_id", "string", description="a run ULID; cancelling it cancels the task"),
+    Field("parent_run_id", "string", ulid=True, description="a run ULID; cancelling it cancels the task"),
     Field("priority", "integer", description="clamped to -10..10"),
     Field("max_attempts", "integer", description="clamped to 1..16, default 3"),
     Field("budget_tokens", "integer", minimum=1, maximum=_MAX_MS,
@@ -287,7 +272,7 @@ MEMORY_SEARCH = Body("MemorySearchRequest", (
     Field("query", "string", required=True, description="at most 4 KiB"),
     _PRINCIPAL,
     _CHANNEL,
-    Field("session_id", "string", description="a session ULID"),
+    Field("session_id", "string", ulid=True, description="a session ULID"),
     Field("limit", "integer", minimum=1, description=f"default 8, at most {MAX_SEARCH_TOP_K}"),
     Field("min_score", "number", description="0..1, default 0"),
 ))
@@ -295,7 +280,7 @@ MEMORY_INGEST = Body("MemoryIngestRequest", (
     Field("text", "string", required=True, description="at most 16 KiB and 2048 words"),
     _PRINCIPAL,
     _CHANNEL,
-    Field("session_id", "string", description="a session ULID"),
+    Field("session_id", "string", ulid=True, description="a session ULID"),
     Field("scope", "string", enum=SCOPES, description="default: the narrowest context given"),
     Field("source", "string", enum=SOURCES, description="default manual"),
     Field("tags", "array", items="string", max_length=32),
@@ -334,7 +319,7 @@ ROUTES: tuple[Route, ...] = (
           "Run one self-healing loop now; its writes land asynchronously", _I, "IncidentCheck"),
     Route("GET", "/admin/v1/learning/candidates", list_learning_candidates,
           "Learning candidates, newest first", _L, "CandidateList",
-          query=(Param("principal"), Param("status"), Param("session_id"), LIMIT)),
+          query=(Param("principal"), Param("status"), Param("session_id", ulid=True), LIMIT)),
     Route("POST", "/admin/v1/learning/candidates/{candidate_id}/review",
           review_learning_candidate, "Accept or reject a candidate (with history)", _L,
           "Candidate", body=REVIEW, errors=(404, 409)),

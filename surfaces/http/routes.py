@@ -401,14 +401,8 @@ async def usage_tools(call: Call) -> Any:
 
 async def create_support_bundle_job(call: Call) -> Any:
     body, rt, jobs = call.body, call.rt, call.surface.bundle_jobs
-    max_bytes = body.get("max_bytes", DEFAULT_MAX_BYTES)
-    retain = body.get("retain_jobs", DEFAULT_RETAIN_JOBS)
-    if max_bytes > MAX_BUNDLE_BYTES:
-        raise InvalidInput(f"max_bytes: must be <= {MAX_BUNDLE_BYTES}", details={"field": "max_bytes"})
-    if retain > MAX_RETAIN_JOBS:
-        raise InvalidInput(f"retain_jobs: must be <= {MAX_RETAIN_JOBS}",
-                           details={"field": "retain_jobs"})
-    job = jobs.create(rt.clock.now_ms(), max_bytes, retain)
+    job = jobs.create(rt.clock.now_ms(), body.get("max_bytes", DEFAULT_MAX_BYTES),
+                      body.get("retain_jobs", DEFAULT_RETAIN_JOBS))
     # In the app's nursery: the job outlives this request (and is cancelled at shutdown).
     current_app.add_background_task(jobs.run, job, call.pool, rt, call.surface.token)
     return respond(job.to_record(), 202,
@@ -510,9 +504,9 @@ BUDGET_POLICY = Body("BudgetPolicyInput", (
     Field("enabled", "boolean"),
 ))
 SUPPORT_BUNDLE_JOB = Body("SupportBundleJobRequest", (
-    Field("max_bytes", "integer", minimum=MIN_MAX_BYTES,
+    Field("max_bytes", "integer", minimum=MIN_MAX_BYTES, maximum=MAX_BUNDLE_BYTES,
           description=f"size cap, default {DEFAULT_MAX_BYTES}, at most {MAX_BUNDLE_BYTES}"),
-    Field("retain_jobs", "integer", minimum=1,
+    Field("retain_jobs", "integer", minimum=1, maximum=MAX_RETAIN_JOBS,
           description=f"jobs kept in memory, default {DEFAULT_RETAIN_JOBS}, at most {MAX_RETAIN_JOBS}"),
 ))
 CREATE_API_TOKEN = Body("ApiTokenRequest", (

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from palyra.errors import InvalidInput
+from palyra.ids import is_ulid
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -38,6 +39,14 @@ def _bad(field: str, message: str) -> InvalidInput:
     return InvalidInput(f"{field}: {message}", details={"field": field})
 
 
+def _check_ulid(field: str, value: str) -> str:
+    # Checked here so the 400 names the field before the runtime sees the value (the
+    # runtime's own check may not say which field it was).
+    if not is_ulid(value):
+        raise _bad(field, "must be a canonical ULID")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One member of a JSON request body. Optional fields accept ``null`` as absent."""
@@ -51,6 +60,7 @@ class Field:
     max_length: int | None = None
     minimum: int | None = None
     maximum: int | None = None
+    ulid: bool = False  # a string that must be a canonical ULID
 
     def check(self, value: Any) -> Any:
         allowed = tuple(t for name in self.type.split("|") for t in _JSON_TYPES[name])
@@ -64,7 +74,7 @@ class Field:
             raise _bad(self.name, f"must be >= {self.minimum}")
         if self.maximum is not None and value > self.maximum:
             raise _bad(self.name, f"must be <= {self.maximum}")
-        return value
+        return _check_ulid(self.name, value) if self.ulid else value
 
     def schema(self) -> dict[str, Any]:
         kinds = self.type.split("|")
@@ -79,6 +89,8 @@ class Field:
             base["minimum"] = self.minimum
         if self.maximum is not None:
             base["maximum"] = self.maximum
+        if self.ulid:
+            base["format"] = "ulid"
         out = base if self.required else {"anyOf": [base, {"type": "null"}]}
         if self.description:
             out["description"] = self.description
@@ -148,6 +160,7 @@ class Param:
     enum: tuple[str, ...] | None = None
     minimum: int | None = None
     location: str = "query"
+    ulid: bool = False  # a string that must be a canonical ULID
 
     def parse(self, text: str | None) -> Any:
         if text is None:
@@ -171,7 +184,7 @@ class Param:
             raise _bad(self.name, "must be true or false")
         if self.enum is not None and text not in self.enum:
             raise _bad(self.name, f"must be one of {', '.join(self.enum)}")
-        return text
+        return _check_ulid(self.name, text) if self.ulid else text
 
     def spec(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": self.type}
@@ -179,6 +192,8 @@ class Param:
             schema["enum"] = list(self.enum)
         if self.minimum is not None:
             schema["minimum"] = self.minimum
+        if self.ulid:
+            schema["format"] = "ulid"
         if self.default is not None:
             schema["default"] = self.default
         out = {"name": self.name, "in": self.location, "required": self.required, "schema": schema}

@@ -114,16 +114,20 @@ def sqlite_content_sha256(journal: Path, scratch: Path) -> str:
 
 
 def write_private(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
-    """Replace ``path`` atomically with ``data`` (a reader never sees half a file)."""
+    """Replace ``path`` atomically with ``data`` (a reader never sees half a file, and a
+    failed write leaves no temp file behind)."""
     tmp = path.with_name(f".{path.name}.{new_ulid()}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as fh:  # write() loops until every byte is out
+            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def private_dirs(base: Path, *parts: str) -> Path:
