@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -288,3 +289,18 @@ def merge_env(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]
             raise InvalidInput(f"config section {section!r} must be a table", details={"key": section})
         table.update(values)
     return merged
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """The TOML file at ``path`` (none: defaults) with ``PALYRA_<SECTION>_<KEY>``
+    environment overrides laid over it (:func:`env_overrides`)."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise InvalidInput(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
+    return Config.from_mapping(merge_env(data, os.environ if env is None else env))

@@ -29,6 +29,7 @@ from actors.budget import (
     RequestOverride,
     initial_view,
 )
+from actors.diagnostics import collect as collect_diagnostics
 from actors.gateway import (
     GATEWAY,
     Admission,
@@ -56,7 +57,6 @@ from palyra.background.store import TaskQueries
 from palyra.background.tasks import BackgroundTask
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.config import Config
-from palyra.diagnostics import collect as collect_diagnostics
 from palyra.errors import NotFound, RuntimeStopped
 from palyra.governance import BudgetPolicy, PricingRecord, UsageScope
 from palyra.governance.store import GovernanceQueries

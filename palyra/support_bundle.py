@@ -98,7 +98,7 @@ def _summary(state_dir: Path, generated_at: int, live: bool) -> dict[str, Any]:
 def _config(config: Config | None, config_path: str | None,
             warnings: list[str]) -> tuple[dict[str, Any], list[Any]]:
     """The config member and the unredacted documents (for the secret scan)."""
-    from palyra.cli.daemon import load_config  # the CLI's loader: one reading of the file
+    from palyra.config import load_config
 
     out: dict[str, Any] = {"path": config_path, "fingerprint_sha256": None, "effective": None,
                            "document": None, "error": None}

@@ -25,12 +25,11 @@ import logging
 import os
 import signal
 import sys
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from palyra.config import Config, merge_env
+from palyra.config import Config, load_config
 from palyra.errors import InvalidInput, PalyraError
 
 EXIT_OK = 0
@@ -38,21 +37,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 DEFAULT_HTTP = "127.0.0.1:7142"
 DEFAULT_STATE_DIR = ".palyra-state"
-
-
-def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
-    """The TOML file at ``path`` (none: defaults) with ``PALYRA_<SECTION>_<KEY>``
-    environment overrides laid over it (:func:`palyra.config.env_overrides`)."""
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InvalidInput(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
-    return Config.from_mapping(merge_env(data, os.environ if env is None else env))
 
 
 def parse_bind(text: str, *, allow_remote: bool) -> tuple[str, int]:

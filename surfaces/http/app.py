@@ -135,8 +135,8 @@ def create_app(runtime: Any = None, *, state_dir: str | os.PathLike[str] | None 
     a :class:`RateLimiter` is used as is. ``clock`` (monotonic seconds) drives the token
     buckets, so tests can advance time instead of sleeping.
     """
-    from palyra.cli.daemon import load_config
     from palyra.cli.daemon import rate_limits as configured_limits
+    from palyra.config import load_config
 
     if runtime is not None:
         where, effective = Path(runtime.state_dir), runtime.config

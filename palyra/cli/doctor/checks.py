@@ -15,9 +15,8 @@ from pathlib import Path
 
 import apsw
 
-from palyra.cli.daemon import load_config
 from palyra.cli.doctor import recovery
-from palyra.config import Config
+from palyra.config import Config, load_config
 from palyra.errors import PalyraError
 from palyra.healing import remediation as rem
 from palyra.healing.incidents import WATCHDOG
