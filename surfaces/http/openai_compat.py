@@ -150,7 +150,7 @@ async def chat_completions(call: Call) -> Any:
         if not run.terminal:
             raise Timeout(f"run {handle.id} did not finish within {limit:.0f}s",
                           details={"run_id": handle.id})
-        result = result_from_run(run)
+        result = run.result()
     else:
         result = result_from_status(handle.id, handle.session_id, terminal.payload)
     _require_done(result)
@@ -162,11 +162,6 @@ async def chat_completions(call: Call) -> Any:
         "usage": _usage(result),
         "system_fingerprint": None,
     }, headers=headers)
-
-
-def result_from_run(run: Run) -> RunResult:
-    return RunResult(run.run_id, run.session_id, run.state, run.reply_text, run.usage,
-                     run.last_error, run.termination_reason)
 
 
 def _usage(run: Run | RunResult) -> dict[str, int]:
