@@ -23,7 +23,7 @@ import pykka
 from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, ReleaseRun, tell_budget
 from actors.journal import Write
 from actors.run import ApprovalDecided, Begin, Cancel, RunActor, RunSpec, run_actor_name
-from actors.writing import AsyncJournalWrites
+from actors.writing import AsyncJournalWrites, tell_by_name
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
@@ -324,12 +324,8 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             return  # already running (a duplicate recovery)
         except Exception as exc:
             raise ActorUnavailable(str(exc)) from exc
-        ref = self.services.names.get(child.name)
-        if ref is not None:
-            try:
-                ref.tell(Begin())
-            except pykka.ActorDeadError:
-                pass  # died at once: its supervisor fails the run
+        # If it died at once, its supervisor fails the run.
+        tell_by_name(self.services.names, child.name, Begin())
 
     def _launch_existing(self, run_id: str) -> None:
         """Start the actor of an ``accepted`` run that has none (after a restart)."""
@@ -430,14 +426,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         if run.state in TERMINAL:
             req.reply({"run_id": run.run_id, "cancel_requested": False, "state": run.state})
             return
-        ref = self.services.names.get(run_actor_name(run.run_id))
-        if ref is not None:
-            try:
-                ref.tell(Cancel(reason))
-                req.reply({"run_id": run.run_id, "cancel_requested": True, "state": run.state})
-                return
-            except pykka.ActorDeadError:
-                pass
+        if tell_by_name(self.services.names, run_actor_name(run.run_id), Cancel(reason)):
+            req.reply({"run_id": run.run_id, "cancel_requested": True, "state": run.state})
+            return
         self.write_async([store.set_cancel_requested(run.run_id, reason, self.clock.now_ms())], lambda w: None)
         self._fail_unstarted(
             run.run_id, run.session_id, f"cancelled by request: {reason}", state=CANCELLED,
@@ -495,14 +486,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         self.services.approval_cache.remember(decided)
         if decided.subject_id.startswith(OVERRIDE_SUBJECT):
             tell_budget(self.services, OverrideDecided(decided))
-        ref = self.services.names.get(run_actor_name(decided.run_id))
-        if ref is not None:
-            try:
-                ref.tell(ApprovalDecided(decided.approval_id, decided.decision == "allow",
-                                         decided.decision_scope or "once",
-                                         decided.decision_reason or "", decided.decision_scope_ttl_ms))
-            except pykka.ActorDeadError:
-                pass
+        tell_by_name(self.services.names, run_actor_name(decided.run_id), ApprovalDecided(
+            decided.approval_id, decided.decision == "allow", decided.decision_scope or "once",
+            decided.decision_reason or "", decided.decision_scope_ttl_ms))
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from actors.budget import (
     tell_budget,
 )
 from actors.journal import JOURNAL, Write
-from actors.writing import tell_by_name
+from actors.writing import tell, tell_by_name
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
@@ -371,7 +371,7 @@ class RunActor(Supervised):
         projected = view.projected(routing.actual, prompt_tokens, self.completion_cap, now)
         request = Reserve(f"{self.run_id}:{self.turn}", self.scope, projected)
         ref = self.actor_ref
-        request.on_done = lambda r: _tell(ref, _Reserved(r, routing))
+        request.on_done = lambda r: tell(ref, _Reserved(r, routing))
         self.waiting = "budget"
         self.reserved_any = True
         self._arm_wall_clock()
@@ -409,7 +409,7 @@ class RunActor(Supervised):
         request = RequestOverride(policy_id, f"run {self.run_id} needs it", self.session.principal,
                                   self.run_id, self.session.session_id)
         ref = self.actor_ref
-        request.on_done = lambda r: _tell(ref, _OverrideRequested(r))
+        request.on_done = lambda r: tell(ref, _OverrideRequested(r))
         self.waiting = "budget_override"
         self._send_to(BUDGET, request)
 
@@ -528,7 +528,7 @@ class RunActor(Supervised):
             return self._on_provider_done(complete())  # cannot block: no thread hop
         self._flush()
         self._arm_wall_clock()
-        self.services.workers.submit(lambda: _tell(ref, complete()))
+        self.services.workers.submit(lambda: tell(ref, complete()))
 
     def _on_provider_done(self, msg: _ProviderDone) -> None:
         if msg.token != self.token or self.waiting != "provider":
@@ -835,7 +835,7 @@ class RunActor(Supervised):
         self._flush()  # what happened so far is on its way to disk while the tool runs
         self._arm_wall_clock()
         self._after(timeout_s, _Timeout("tool", token))
-        self.services.workers.submit(lambda: _tell(ref, execute()))
+        self.services.workers.submit(lambda: tell(ref, execute()))
 
     def _memory_search(self, query: str, limit: int) -> list[dict[str, Any]]:
         """For ``palyra.memory.search`` (runs on the tool's thread, with its own reader):
@@ -1024,7 +1024,7 @@ class RunActor(Supervised):
     def _new_write(self, ops: tuple[Any, ...]) -> Write:
         write = Write(ops)
         ref = self.actor_ref
-        write.on_done = lambda w: _tell(ref, _Flushed(w))
+        write.on_done = lambda w: tell(ref, _Flushed(w))
         return write
 
     def _dispatch(self, write: Write) -> None:
@@ -1066,7 +1066,7 @@ class RunActor(Supervised):
 
     def _after(self, delay: float, message: Any) -> None:
         ref = self.actor_ref
-        self._timers.append(self.services.timers.call_later(delay, lambda: _tell(ref, message)))
+        self._timers.append(self.services.timers.call_later(delay, lambda: tell(ref, message)))
 
     def _heartbeat(self) -> None:
         """A work heartbeat on every message handled (self-healing reads these)."""
@@ -1091,10 +1091,3 @@ def _compile(pending: list[Any]) -> tuple[Any, ...]:
     if drafts:
         ops.append(store.append_tape(tuple(drafts)))
     return tuple(ops)
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # the run finished (or was replaced) meanwhile

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
-
 from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, RecoverRuns
 from actors.journal import JOURNAL, Write
+from actors.writing import tell_by_name
 from palyra.orchestrator import store
 from palyra.orchestrator.state import FAILED
 from palyra.records import RunEvent
@@ -30,12 +29,8 @@ class RunsSupervisor(Supervisor):
         super().init()
         # A restart of this supervisor stopped every run actor it had: the gateway
         # finds their runs (and any admitted while it was down) and settles them.
-        gateway = self.services.names.get(GATEWAY)
-        if gateway is not None:
-            try:
-                gateway.tell(RecoverRuns())
-            except pykka.ActorDeadError:
-                pass  # a starting gateway recovers on its own
+        # (No gateway yet: a starting gateway recovers on its own.)
+        tell_by_name(self.services.names, GATEWAY, RecoverRuns())
 
     def child_failed(self, spec: ChildSpec, reason: str) -> None:
         run_spec = spec.kwargs.get("spec")

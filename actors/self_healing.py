@@ -18,7 +18,7 @@ from typing import Any
 
 from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, CancelRun
-from actors.writing import AsyncJournalWrites, tell_by_name
+from actors.writing import AsyncJournalWrites, tell, tell_by_name
 from palyra.background import store as bstore
 from palyra.healing import heartbeats as hb
 from palyra.healing import remediation as rem
@@ -66,12 +66,8 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
 
     def _schedule(self) -> None:
         ref = self.actor_ref
-
-        def tick() -> None:
-            if ref.is_alive():
-                ref.tell(_LOOP)
-
-        self._timer = self.services.timers.call_later(self.thresholds.loop_interval_ms / 1000, tick)
+        self._timer = self.services.timers.call_later(self.thresholds.loop_interval_ms / 1000,
+                                                      lambda: tell(ref, _LOOP))
 
     def handlers(self) -> dict[type, Any]:
         return {_Loop: lambda _: self._loop()}
