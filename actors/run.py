@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pykka
 
 from actors.budget import (
     BUDGET,
@@ -34,11 +33,9 @@ from actors.budget import (
     tell_budget,
 )
 from actors.journal import JOURNAL, Write
-from actors.writing import tell, tell_by_name
+from actors.writing import RETRYABLE, Committed, Redispatch, tell, tell_by_name
 from palyra.errors import (
-    ActorUnavailable,
     AlreadyExists,
-    JournalError,
     PalyraError,
 )
 from palyra.governance import Amount, UsageScope
@@ -155,16 +152,6 @@ class _Resend:
     message: Any
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Flushed:
-    write: Write
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Redispatch:
-    write: Write
-
-
 @dataclasses.dataclass
 class _Proposal:
     call: ModelToolCall
@@ -173,9 +160,6 @@ class _Proposal:
     approval_required: bool
     posture: str
     approval_id: str | None = None
-
-
-_RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
 
 
 @dataclasses.dataclass
@@ -259,9 +243,9 @@ class RunActor(Supervised):
 
     def on_receive(self, message: Any) -> Any:
         self._heartbeat()
-        if type(message) is _Flushed:
-            return self._on_flushed(message.write)
-        if type(message) is _Redispatch:
+        if type(message) is Committed:
+            return self._on_committed(message.write)
+        if type(message) is Redispatch:
             return self._dispatch(message.write)
         if message is _BEAT:
             if self.state == IN_PROGRESS:
@@ -382,7 +366,7 @@ class RunActor(Supervised):
             return
         request = msg.request
         if request.error is not None:
-            if isinstance(request.error, _RETRYABLE):
+            if isinstance(request.error, RETRYABLE):
                 request.rearm()  # the budget actor restarted with it queued: ask again
                 return self._send_to(BUDGET, request)
             return self._finish(FAILED, "budget_error", error=f"budget check failed: {request.error}")
@@ -1024,14 +1008,14 @@ class RunActor(Supervised):
     def _new_write(self, ops: tuple[Any, ...]) -> Write:
         write = Write(ops)
         ref = self.actor_ref
-        write.on_done = lambda w: tell(ref, _Flushed(w))
+        write.on_done = lambda w: tell(ref, Committed(w))
         return write
 
     def _dispatch(self, write: Write) -> None:
         if not tell_by_name(self.services.names, JOURNAL, write):
-            self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
+            self._after(0.005, Redispatch(write))  # the journal is restarting; never block
 
-    def _on_flushed(self, write: Write) -> None:
+    def _on_committed(self, write: Write) -> None:
         inflight = self._inflight
         if inflight is None or inflight.write is not write:
             return
@@ -1046,9 +1030,9 @@ class RunActor(Supervised):
                 callback(write.value)
             self._flush()
             return
-        if isinstance(error, _RETRYABLE):
+        if isinstance(error, RETRYABLE):
             inflight.write = self._new_write(inflight.ops)
-            self._after(0.005, _Redispatch(inflight.write))
+            self._after(0.005, Redispatch(inflight.write))
             return
         log.error("run %s: journal write failed: %s", self.run_id, error)
         raise error  # crash: the supervisor fails the run with this reason
