@@ -371,14 +371,12 @@ class RunActor(Supervised):
                 return self._send_to(BUDGET, request)
             return self._finish(FAILED, "budget_error", error=f"budget check failed: {request.error}")
         decision = request.value
-        view = self.services.governance.view
+        routing = self.services.governance.view.route(
+            self._last_user_text(), now_ms=self.clock.now_ms(), health=self._provider_health(),
+            budget=decision.evaluation)
         if decision.granted:
             self.reservation = request.reservation_id
-            routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
-                                 health=self._provider_health(), budget=decision.evaluation)
             return self._routed(routing, decision)
-        routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
-                             health=self._provider_health(), budget=decision.evaluation)
         self._record_routing(routing)  # spec 3.3 step 10: persisted before failing
         payload = {"reservation_id": request.reservation_id, **decision.evaluation.to_dict()}
         self._tape("budget.outcome", payload)
@@ -604,8 +602,7 @@ class RunActor(Supervised):
     def _intake_rejected(self, proposal: _Proposal, exc: PalyraError) -> None:
         reason = f"{exc.code}: {exc.message}"
         self.tool_calls_left = max(0, self.tool_calls_left - 1)
-        self._tape("tool_decision", {"proposal_id": proposal.proposal_id, "kind": "deny", "reason": reason,
-                                     "approval_required": False, "policy_enforced": False})
+        self._tape_decision(proposal, ToolDecision("deny", reason, False, False, False))
         self._tape("tool.intake_rejected", {"proposal_id": proposal.proposal_id,
                                             "tool_name": proposal.call.name, "reason": reason})
         self._record_result(proposal, ToolOutput.failed(reason), self.clock.now_ms(), timed_out=False)
@@ -630,20 +627,9 @@ class RunActor(Supervised):
             prompt=approval_prompt(proposal.call.name, proposal.arguments, -(-timeout_ms // 1000)),
             requested_at_unix_ms=now, expires_at_unix_ms=now + timeout_ms,
         )
-        proposal.approval_id = approval.approval_id
         snapshot = policy_snapshot(proposal.call.name, self.services.policy.engine.policy_text)
         self._op(store.insert_approval(approval, snapshot))
-        self._tape("tool_approval_request", {
-            "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
-            "tool_name": proposal.call.name, "input_json": proposal.arguments,
-            "approval_required": True, "prompt": approval.prompt,
-            "request_summary": approval.request_summary,
-        })
-        self.waiting = "approval"
-        self.token += 1
-        self._arm_wall_clock()
-        self._after(timeout_ms / 1000, _Timeout("approval", self.token))
-        self._arm_approval_recheck()
+        self._await_approval(proposal, approval, timeout_ms / 1000)
         self._durable(lambda _: None)
 
     def _on_override_resolved(self, msg: OverrideResolved) -> None:
@@ -660,21 +646,27 @@ class RunActor(Supervised):
         if not waiting:
             return False
         approval = waiting[0]
+        expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
+        self._await_approval(proposal, approval, max(0.0, (expires - now) / 1000), resumed=True)
+        self._flush()
+        return True
+
+    def _await_approval(self, proposal: _Proposal, approval: Approval, timeout_s: float,
+                        **extra: Any) -> None:
+        """Tape the request and wait for its decision: told by the gateway, found by the
+        recheck, or timed out after ``timeout_s``."""
         proposal.approval_id = approval.approval_id
         self._tape("tool_approval_request", {
             "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
             "tool_name": proposal.call.name, "input_json": proposal.arguments,
             "approval_required": True, "prompt": approval.prompt,
-            "request_summary": approval.request_summary, "resumed": True,
+            "request_summary": approval.request_summary, **extra,
         })
         self.waiting = "approval"
         self.token += 1
         self._arm_wall_clock()
-        expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
-        self._after(max(0.0, (expires - now) / 1000), _Timeout("approval", self.token))
+        self._after(timeout_s, _Timeout("approval", self.token))
         self._arm_approval_recheck()
-        self._flush()
-        return True
 
     def _arm_approval_recheck(self) -> None:
         self._after(APPROVAL_RECHECK_S, _Timeout("approval_recheck", self.token))
@@ -721,18 +713,6 @@ class RunActor(Supervised):
         seconds = self.limits.approval_timeout_ms / 1000
         self.waiting = "approval_timeout"
         reason = f"approval timed out after {seconds:g}s"
-        now = self.clock.now_ms()
-
-        def record_timeout(txn: Txn) -> bool | str:
-            try:
-                store.resolve_approval(approval_id, "timeout", scope="once", reason=reason,
-                                       ttl_ms=None, now_ms=now)(txn)
-            except PalyraError:
-                row = txn.conn.execute(
-                    "SELECT decision FROM approvals WHERE approval_ulid = ?", (approval_id,)
-                ).fetchone()
-                return row[0] if row else "error"  # decided meanwhile: that decision
-            return True
 
         def then(recorded: bool | str) -> None:
             if recorded is not True:
@@ -752,7 +732,7 @@ class RunActor(Supervised):
             })
             self._deny(proposal, ToolDecision("deny", f"tool execution denied: {reason}", True, True, False))
 
-        self._op(record_timeout)
+        self._op(_close_approval(approval_id, "timeout", reason, self.clock.now_ms()))
         self._durable(then)
 
     def _policy_decision(self, proposal: _Proposal, outcome: bool | None) -> ToolDecision:
@@ -774,20 +754,20 @@ class RunActor(Supervised):
         if not decision.allowed:
             return self._deny(proposal, decision)
         self.tool_calls_left -= 1
-        self._tape("tool_decision", {
-            "proposal_id": proposal.proposal_id, "kind": "allow", "reason": decision.reason,
-            "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
-        })
+        self._tape_decision(proposal, decision)
         if not self.services.tools.get(proposal.call.name).side_effects:
             return self._execute(proposal)  # harmless to repeat: no durability point
         self.waiting = "tool_durable"
         self._durable(lambda _: self._execute(proposal))
 
-    def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
+    def _tape_decision(self, proposal: _Proposal, decision: ToolDecision) -> None:
         self._tape("tool_decision", {
-            "proposal_id": proposal.proposal_id, "kind": "deny", "reason": decision.reason,
+            "proposal_id": proposal.proposal_id, "kind": decision.kind, "reason": decision.reason,
             "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
         })
+
+    def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
+        self._tape_decision(proposal, decision)
         self._record_result(proposal, ToolOutput.failed(decision.reason), self.clock.now_ms(),
                             timed_out=False, attest=False)
         self._next_tool()
@@ -883,17 +863,9 @@ class RunActor(Supervised):
             return self._recheck_approval()
         if msg.kind == "budget_override" and self.waiting == "budget_override":
             seconds = self.limits.approval_timeout_ms / 1000
-            approval_id, now = self.budget_approval_id, self.clock.now_ms()
-
-            def expire(txn: Txn) -> None:
-                try:
-                    store.resolve_approval(approval_id, "timeout", scope="once",
-                                           reason=f"no decision within {seconds:g}s", ttl_ms=None,
-                                           now_ms=now)(txn)
-                except PalyraError:
-                    pass  # decided meanwhile
-
-            self._op(expire)
+            assert self.budget_approval_id is not None
+            self._op(_close_approval(self.budget_approval_id, "timeout",
+                                     f"no decision within {seconds:g}s", self.clock.now_ms()))
             return self._finish(FAILED, "budget_blocked",
                                 error=f"usage budget override approval required; none was granted "
                                       f"within {seconds:g}s")
@@ -905,16 +877,7 @@ class RunActor(Supervised):
         now = self.clock.now_ms()
         self._op(store.set_cancel_requested(self.run_id, msg.reason, now))
         if self.waiting in ("approval", "approval_timeout") and self.current and self.current.approval_id:
-            approval_id = self.current.approval_id
-
-            def close_approval(txn: Txn) -> None:
-                try:
-                    store.resolve_approval(approval_id, "error", scope="once", reason="run cancelled",
-                                           ttl_ms=None, now_ms=now)(txn)
-                except PalyraError:
-                    pass
-
-            self._op(close_approval)
+            self._op(_close_approval(self.current.approval_id, "error", "run cancelled", now))
         if self.loop_started:
             self._tape("agent_loop.terminated", {"reason": loop.CANCELLATION})
         error = msg.reason if msg.reason.startswith("cancelled") else f"cancelled by request: {msg.reason}"
@@ -1058,6 +1021,24 @@ class RunActor(Supervised):
         first = getattr(self, "_first_beat", None) or now
         self._first_beat = first
         self.services.heartbeats[self.spec.run_id] = ("run", now, first, self.spec.session.session_id)
+
+
+def _close_approval(approval_id: str, decision: str, reason: str,
+                    now_ms: int) -> Callable[[Txn], bool | str]:
+    """An op recording ``decision`` (scope once) unless the approval was decided
+    meanwhile: it returns True if recorded, else the decision that stands ("error" if
+    the approval is missing)."""
+    resolve = store.resolve_approval(approval_id, decision, scope="once", reason=reason,
+                                     ttl_ms=None, now_ms=now_ms)
+
+    def op(txn: Txn) -> bool | str:
+        try:
+            resolve(txn)
+        except PalyraError as exc:  # Conflict (decided meanwhile) carries that decision
+            return exc.details.get("decision") or "error"
+        return True
+
+    return op
 
 
 def _compile(pending: list[Any]) -> tuple[Any, ...]:
