@@ -20,9 +20,17 @@ from typing import Any
 
 import pykka
 
-from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, ReleaseRun, tell_budget
+from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, tell_budget
 from actors.journal import Write
-from actors.run import ApprovalDecided, Begin, Cancel, RunActor, RunSpec, run_actor_name
+from actors.run import (
+    ApprovalDecided,
+    Begin,
+    Cancel,
+    RunActor,
+    RunSpec,
+    finished_outside,
+    run_actor_name,
+)
 from actors.writing import AsyncJournalWrites, tell_by_name
 from palyra.errors import (
     ActorUnavailable,
@@ -50,7 +58,7 @@ from palyra.orchestrator.sessions import (
 )
 from palyra.orchestrator.state import ACCEPTED, CANCELLED, FAILED, IN_PROGRESS, TERMINAL
 from palyra.providers import Message
-from palyra.records import Approval, Identity, RunEvent, Session
+from palyra.records import Approval, Identity, Session
 from supervisors.names import Address
 from supervisors.request import Request
 from supervisors.spec import ChildSpec
@@ -352,13 +360,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             termination_reason="cancellation" if state == CANCELLED else "runtime_failure",
             now_ms=self.clock.now_ms(), max_payload_bytes=self.services.config.journal.max_payload_bytes,
         )
-        hub = self.services.hub
 
         def done(write: Write) -> None:
-            if write.error is None and write.value is not None:
-                seq, payload = write.value
-                hub.publish(RunEvent(run_id, "status", payload, seq))
-            tell_budget(self.services, ReleaseRun(run_id))
+            finished_outside(self.services, run_id, write.value if write.error is None else None)
             if then is not None:
                 then(write)
 

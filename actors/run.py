@@ -81,6 +81,17 @@ def run_actor_name(run_id: str) -> str:
     return f"run:{run_id}"
 
 
+def finished_outside(services: Any, run_id: str,
+                     result: tuple[int, dict[str, Any]] | None) -> None:
+    """What follows a committed ``store.finish_run_from_outside`` (the run has no actor to
+    do it): publish the terminal status it taped (``None``: nothing was taped, e.g. the
+    run was terminal already) and free what the run still holds in the budget."""
+    if result is not None:
+        seq, payload = result
+        services.hub.publish(RunEvent(run_id, "status", payload, seq))
+    tell_budget(services, ReleaseRun(run_id))
+
+
 # -- messages ---------------------------------------------------------------------------
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, RecoverRuns
 from actors.journal import JOURNAL, Write
+from actors.run import finished_outside
 from actors.writing import tell_by_name
 from palyra.orchestrator import store
 from palyra.orchestrator.state import FAILED
-from palyra.records import RunEvent
 from supervisors.names import Address
 from supervisors.spec import ChildSpec
 from supervisors.supervisor import Supervisor
@@ -56,10 +55,7 @@ def fail_run(services: Any, run_id: str, session_id: str, reason: str) -> bool:
         except Exception as exc:  # keep trying: a run must not stay in_progress
             log.warning("could not fail run %s yet: %s", run_id, exc)
             continue
-        if result is not None:
-            seq, payload = result
-            services.hub.publish(RunEvent(run_id, "status", payload, seq))
-        tell_budget(services, ReleaseRun(run_id))
+        finished_outside(services, run_id, result)
         return True
     log.error("giving up failing run %s; gateway recovery will find it", run_id)
     return False
