@@ -227,6 +227,7 @@ class RunActor(Supervised):
         self._inflight: _Inflight | None = None
         self._timers: list[Any] = []
         self.started_mono = self.clock.monotonic()
+        self._first_beat = self.clock.now_ms()
         if spec.resume is not None:
             # Rebuilt from the tape by crash recovery: the loop goes on where it stopped.
             plan = spec.resume
@@ -1028,10 +1029,8 @@ class RunActor(Supervised):
 
     def _heartbeat(self) -> None:
         """A work heartbeat on every message handled (self-healing reads these)."""
-        now = self.clock.now_ms() if hasattr(self, "clock") else self.services.clock.now_ms()
-        first = getattr(self, "_first_beat", None) or now
-        self._first_beat = first
-        self.services.heartbeats[self.spec.run_id] = ("run", now, first, self.spec.session.session_id)
+        self.services.heartbeats[self.run_id] = ("run", self.clock.now_ms(), self._first_beat,
+                                                 self.session.session_id)
 
 
 def _close_approval(approval_id: str, decision: str, reason: str,
