@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from actors.gateway import GATEWAY, CancelRun, StartRun
-from actors.writing import AsyncJournalWrites, replying, tell_by_name
+from actors.writing import AsyncJournalWrites, replying, tell, tell_by_name
 from palyra.background import store as bstore
 from palyra.background import tasks as t
 from palyra.errors import PalyraError
@@ -213,7 +213,8 @@ class BackgroundQueueActor(AsyncJournalWrites, Supervised):
             origin_kind="background",
         )
         ref = self.actor_ref
-        request.on_done = lambda r: ref.tell(_Started(task.task_id, r)) if ref.is_alive() else None
+        # on_done runs in the gateway's thread: it must never raise there
+        request.on_done = lambda r: tell(ref, _Started(task.task_id, r))
         names = self.services.names
 
         def on_event(event: Any) -> bool:  # finalise as soon as the run ends, not next poll

@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 import orjson
-import pykka
 
 from actors.journal import JournalClient
 from actors.writing import AsyncJournalWrites, replying, tell_by_name
@@ -350,14 +349,9 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         approval = msg.approval
         self._learn_override(approval)
         policy_id = approval.subject_id[len(OVERRIDE_SUBJECT):]
+        resolved = OverrideResolved(approval.approval_id, approval.decision == "allow")
         for run_id in self.override_waiters.pop(policy_id, set()):
-            ref = self.services.names.get(f"run:{run_id}")
-            if ref is None:
-                continue
-            try:
-                ref.tell(OverrideResolved(approval.approval_id, approval.decision == "allow"))
-            except pykka.ActorDeadError:
-                pass
+            tell_by_name(self.services.names, f"run:{run_id}", resolved)  # run_actor_name
 
     def _put_policy(self, req: PutPolicy) -> None:
         try:

@@ -20,10 +20,18 @@ from typing import Any
 
 import pykka
 
-from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, ReleaseRun, tell_budget
+from actors.budget import OVERRIDE_SUBJECT, OverrideDecided, tell_budget
 from actors.journal import Write
-from actors.run import ApprovalDecided, Begin, Cancel, RunActor, RunSpec, run_actor_name
-from actors.writing import AsyncJournalWrites
+from actors.run import (
+    ApprovalDecided,
+    Begin,
+    Cancel,
+    RunActor,
+    RunSpec,
+    finished_outside,
+    run_actor_name,
+)
+from actors.writing import AsyncJournalWrites, tell_by_name
 from palyra.errors import (
     ActorUnavailable,
     AlreadyExists,
@@ -50,7 +58,7 @@ from palyra.orchestrator.sessions import (
 )
 from palyra.orchestrator.state import ACCEPTED, CANCELLED, FAILED, IN_PROGRESS, TERMINAL
 from palyra.providers import Message
-from palyra.records import Approval, Identity, RunEvent, Session
+from palyra.records import Approval, Identity, Session
 from supervisors.names import Address
 from supervisors.request import Request
 from supervisors.spec import ChildSpec
@@ -324,12 +332,8 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             return  # already running (a duplicate recovery)
         except Exception as exc:
             raise ActorUnavailable(str(exc)) from exc
-        ref = self.services.names.get(child.name)
-        if ref is not None:
-            try:
-                ref.tell(Begin())
-            except pykka.ActorDeadError:
-                pass  # died at once: its supervisor fails the run
+        # If it died at once, its supervisor fails the run.
+        tell_by_name(self.services.names, child.name, Begin())
 
     def _launch_existing(self, run_id: str) -> None:
         """Start the actor of an ``accepted`` run that has none (after a restart)."""
@@ -356,13 +360,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             termination_reason="cancellation" if state == CANCELLED else "runtime_failure",
             now_ms=self.clock.now_ms(), max_payload_bytes=self.services.config.journal.max_payload_bytes,
         )
-        hub = self.services.hub
 
         def done(write: Write) -> None:
-            if write.error is None and write.value is not None:
-                seq, payload = write.value
-                hub.publish(RunEvent(run_id, "status", payload, seq))
-            tell_budget(self.services, ReleaseRun(run_id))
+            finished_outside(self.services, run_id, write.value if write.error is None else None)
             if then is not None:
                 then(write)
 
@@ -430,14 +430,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         if run.state in TERMINAL:
             req.reply({"run_id": run.run_id, "cancel_requested": False, "state": run.state})
             return
-        ref = self.services.names.get(run_actor_name(run.run_id))
-        if ref is not None:
-            try:
-                ref.tell(Cancel(reason))
-                req.reply({"run_id": run.run_id, "cancel_requested": True, "state": run.state})
-                return
-            except pykka.ActorDeadError:
-                pass
+        if tell_by_name(self.services.names, run_actor_name(run.run_id), Cancel(reason)):
+            req.reply({"run_id": run.run_id, "cancel_requested": True, "state": run.state})
+            return
         self.write_async([store.set_cancel_requested(run.run_id, reason, self.clock.now_ms())], lambda w: None)
         self._fail_unstarted(
             run.run_id, run.session_id, f"cancelled by request: {reason}", state=CANCELLED,
@@ -495,14 +490,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
         self.services.approval_cache.remember(decided)
         if decided.subject_id.startswith(OVERRIDE_SUBJECT):
             tell_budget(self.services, OverrideDecided(decided))
-        ref = self.services.names.get(run_actor_name(decided.run_id))
-        if ref is not None:
-            try:
-                ref.tell(ApprovalDecided(decided.approval_id, decided.decision == "allow",
-                                         decided.decision_scope or "once",
-                                         decided.decision_reason or "", decided.decision_scope_ttl_ms))
-            except pykka.ActorDeadError:
-                pass
+        tell_by_name(self.services.names, run_actor_name(decided.run_id), ApprovalDecided(
+            decided.approval_id, decided.decision == "allow", decided.decision_scope or "once",
+            decided.decision_reason or "", decided.decision_scope_ttl_ms))
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.writing import AsyncJournalWrites, replying
+from actors.writing import AsyncJournalWrites, replying, tell
 from palyra.memory import RetentionPolicy, backfill_embeddings_op, expire_op, retention_op
 from supervisors.request import Request
 from supervisors.supervised import Supervised
@@ -52,7 +52,7 @@ class MemoryActor(AsyncJournalWrites, Supervised):
         ref = self.actor_ref
         self.next_run_unix_ms = self.clock.now_ms() + int(self.interval * 1000)
         self._timer = self.services.timers.call_later(
-            self.interval, lambda: ref.tell(_Tick()) if ref.is_alive() else None)
+            self.interval, lambda: tell(ref, _Tick()))
 
     def handlers(self) -> dict[type, Any]:
         return {_Tick: self._tick, Maintain: self._maintain}

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pykka
 
 from actors.budget import (
     BUDGET,
@@ -34,11 +33,9 @@ from actors.budget import (
     tell_budget,
 )
 from actors.journal import JOURNAL, Write
-from actors.writing import tell_by_name
+from actors.writing import RETRYABLE, Committed, Redispatch, tell, tell_by_name
 from palyra.errors import (
-    ActorUnavailable,
     AlreadyExists,
-    JournalError,
     PalyraError,
 )
 from palyra.governance import Amount, UsageScope
@@ -82,6 +79,17 @@ class RunSpec:
 
 def run_actor_name(run_id: str) -> str:
     return f"run:{run_id}"
+
+
+def finished_outside(services: Any, run_id: str,
+                     result: tuple[int, dict[str, Any]] | None) -> None:
+    """What follows a committed ``store.finish_run_from_outside`` (the run has no actor to
+    do it): publish the terminal status it taped (``None``: nothing was taped, e.g. the
+    run was terminal already) and free what the run still holds in the budget."""
+    if result is not None:
+        seq, payload = result
+        services.hub.publish(RunEvent(run_id, "status", payload, seq))
+    tell_budget(services, ReleaseRun(run_id))
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -155,16 +163,6 @@ class _Resend:
     message: Any
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Flushed:
-    write: Write
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Redispatch:
-    write: Write
-
-
 @dataclasses.dataclass
 class _Proposal:
     call: ModelToolCall
@@ -173,9 +171,6 @@ class _Proposal:
     approval_required: bool
     posture: str
     approval_id: str | None = None
-
-
-_RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
 
 
 @dataclasses.dataclass
@@ -232,6 +227,7 @@ class RunActor(Supervised):
         self._inflight: _Inflight | None = None
         self._timers: list[Any] = []
         self.started_mono = self.clock.monotonic()
+        self._first_beat = self.clock.now_ms()
         if spec.resume is not None:
             # Rebuilt from the tape by crash recovery: the loop goes on where it stopped.
             plan = spec.resume
@@ -259,9 +255,9 @@ class RunActor(Supervised):
 
     def on_receive(self, message: Any) -> Any:
         self._heartbeat()
-        if type(message) is _Flushed:
-            return self._on_flushed(message.write)
-        if type(message) is _Redispatch:
+        if type(message) is Committed:
+            return self._on_committed(message.write)
+        if type(message) is Redispatch:
             return self._dispatch(message.write)
         if message is _BEAT:
             if self.state == IN_PROGRESS:
@@ -371,7 +367,7 @@ class RunActor(Supervised):
         projected = view.projected(routing.actual, prompt_tokens, self.completion_cap, now)
         request = Reserve(f"{self.run_id}:{self.turn}", self.scope, projected)
         ref = self.actor_ref
-        request.on_done = lambda r: _tell(ref, _Reserved(r, routing))
+        request.on_done = lambda r: tell(ref, _Reserved(r, routing))
         self.waiting = "budget"
         self.reserved_any = True
         self._arm_wall_clock()
@@ -382,19 +378,17 @@ class RunActor(Supervised):
             return
         request = msg.request
         if request.error is not None:
-            if isinstance(request.error, _RETRYABLE):
+            if isinstance(request.error, RETRYABLE):
                 request.rearm()  # the budget actor restarted with it queued: ask again
                 return self._send_to(BUDGET, request)
             return self._finish(FAILED, "budget_error", error=f"budget check failed: {request.error}")
         decision = request.value
-        view = self.services.governance.view
+        routing = self.services.governance.view.route(
+            self._last_user_text(), now_ms=self.clock.now_ms(), health=self._provider_health(),
+            budget=decision.evaluation)
         if decision.granted:
             self.reservation = request.reservation_id
-            routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
-                                 health=self._provider_health(), budget=decision.evaluation)
             return self._routed(routing, decision)
-        routing = view.route(self._last_user_text(), now_ms=self.clock.now_ms(),
-                             health=self._provider_health(), budget=decision.evaluation)
         self._record_routing(routing)  # spec 3.3 step 10: persisted before failing
         payload = {"reservation_id": request.reservation_id, **decision.evaluation.to_dict()}
         self._tape("budget.outcome", payload)
@@ -409,7 +403,7 @@ class RunActor(Supervised):
         request = RequestOverride(policy_id, f"run {self.run_id} needs it", self.session.principal,
                                   self.run_id, self.session.session_id)
         ref = self.actor_ref
-        request.on_done = lambda r: _tell(ref, _OverrideRequested(r))
+        request.on_done = lambda r: tell(ref, _OverrideRequested(r))
         self.waiting = "budget_override"
         self._send_to(BUDGET, request)
 
@@ -528,7 +522,7 @@ class RunActor(Supervised):
             return self._on_provider_done(complete())  # cannot block: no thread hop
         self._flush()
         self._arm_wall_clock()
-        self.services.workers.submit(lambda: _tell(ref, complete()))
+        self.services.workers.submit(lambda: tell(ref, complete()))
 
     def _on_provider_done(self, msg: _ProviderDone) -> None:
         if msg.token != self.token or self.waiting != "provider":
@@ -620,8 +614,7 @@ class RunActor(Supervised):
     def _intake_rejected(self, proposal: _Proposal, exc: PalyraError) -> None:
         reason = f"{exc.code}: {exc.message}"
         self.tool_calls_left = max(0, self.tool_calls_left - 1)
-        self._tape("tool_decision", {"proposal_id": proposal.proposal_id, "kind": "deny", "reason": reason,
-                                     "approval_required": False, "policy_enforced": False})
+        self._tape_decision(proposal, ToolDecision("deny", reason, False, False, False))
         self._tape("tool.intake_rejected", {"proposal_id": proposal.proposal_id,
                                             "tool_name": proposal.call.name, "reason": reason})
         self._record_result(proposal, ToolOutput.failed(reason), self.clock.now_ms(), timed_out=False)
@@ -646,20 +639,9 @@ class RunActor(Supervised):
             prompt=approval_prompt(proposal.call.name, proposal.arguments, -(-timeout_ms // 1000)),
             requested_at_unix_ms=now, expires_at_unix_ms=now + timeout_ms,
         )
-        proposal.approval_id = approval.approval_id
         snapshot = policy_snapshot(proposal.call.name, self.services.policy.engine.policy_text)
         self._op(store.insert_approval(approval, snapshot))
-        self._tape("tool_approval_request", {
-            "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
-            "tool_name": proposal.call.name, "input_json": proposal.arguments,
-            "approval_required": True, "prompt": approval.prompt,
-            "request_summary": approval.request_summary,
-        })
-        self.waiting = "approval"
-        self.token += 1
-        self._arm_wall_clock()
-        self._after(timeout_ms / 1000, _Timeout("approval", self.token))
-        self._arm_approval_recheck()
+        self._await_approval(proposal, approval, timeout_ms / 1000)
         self._durable(lambda _: None)
 
     def _on_override_resolved(self, msg: OverrideResolved) -> None:
@@ -676,21 +658,27 @@ class RunActor(Supervised):
         if not waiting:
             return False
         approval = waiting[0]
+        expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
+        self._await_approval(proposal, approval, max(0.0, (expires - now) / 1000), resumed=True)
+        self._flush()
+        return True
+
+    def _await_approval(self, proposal: _Proposal, approval: Approval, timeout_s: float,
+                        **extra: Any) -> None:
+        """Tape the request and wait for its decision: told by the gateway, found by the
+        recheck, or timed out after ``timeout_s``."""
         proposal.approval_id = approval.approval_id
         self._tape("tool_approval_request", {
             "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
             "tool_name": proposal.call.name, "input_json": proposal.arguments,
             "approval_required": True, "prompt": approval.prompt,
-            "request_summary": approval.request_summary, "resumed": True,
+            "request_summary": approval.request_summary, **extra,
         })
         self.waiting = "approval"
         self.token += 1
         self._arm_wall_clock()
-        expires = approval.expires_at_unix_ms or now + self.limits.approval_timeout_ms
-        self._after(max(0.0, (expires - now) / 1000), _Timeout("approval", self.token))
+        self._after(timeout_s, _Timeout("approval", self.token))
         self._arm_approval_recheck()
-        self._flush()
-        return True
 
     def _arm_approval_recheck(self) -> None:
         self._after(APPROVAL_RECHECK_S, _Timeout("approval_recheck", self.token))
@@ -737,18 +725,6 @@ class RunActor(Supervised):
         seconds = self.limits.approval_timeout_ms / 1000
         self.waiting = "approval_timeout"
         reason = f"approval timed out after {seconds:g}s"
-        now = self.clock.now_ms()
-
-        def record_timeout(txn: Txn) -> bool | str:
-            try:
-                store.resolve_approval(approval_id, "timeout", scope="once", reason=reason,
-                                       ttl_ms=None, now_ms=now)(txn)
-            except PalyraError:
-                row = txn.conn.execute(
-                    "SELECT decision FROM approvals WHERE approval_ulid = ?", (approval_id,)
-                ).fetchone()
-                return row[0] if row else "error"  # decided meanwhile: that decision
-            return True
 
         def then(recorded: bool | str) -> None:
             if recorded is not True:
@@ -768,7 +744,7 @@ class RunActor(Supervised):
             })
             self._deny(proposal, ToolDecision("deny", f"tool execution denied: {reason}", True, True, False))
 
-        self._op(record_timeout)
+        self._op(_close_approval(approval_id, "timeout", reason, self.clock.now_ms()))
         self._durable(then)
 
     def _policy_decision(self, proposal: _Proposal, outcome: bool | None) -> ToolDecision:
@@ -790,20 +766,20 @@ class RunActor(Supervised):
         if not decision.allowed:
             return self._deny(proposal, decision)
         self.tool_calls_left -= 1
-        self._tape("tool_decision", {
-            "proposal_id": proposal.proposal_id, "kind": "allow", "reason": decision.reason,
-            "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
-        })
+        self._tape_decision(proposal, decision)
         if not self.services.tools.get(proposal.call.name).side_effects:
             return self._execute(proposal)  # harmless to repeat: no durability point
         self.waiting = "tool_durable"
         self._durable(lambda _: self._execute(proposal))
 
-    def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
+    def _tape_decision(self, proposal: _Proposal, decision: ToolDecision) -> None:
         self._tape("tool_decision", {
-            "proposal_id": proposal.proposal_id, "kind": "deny", "reason": decision.reason,
+            "proposal_id": proposal.proposal_id, "kind": decision.kind, "reason": decision.reason,
             "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
         })
+
+    def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
+        self._tape_decision(proposal, decision)
         self._record_result(proposal, ToolOutput.failed(decision.reason), self.clock.now_ms(),
                             timed_out=False, attest=False)
         self._next_tool()
@@ -835,7 +811,7 @@ class RunActor(Supervised):
         self._flush()  # what happened so far is on its way to disk while the tool runs
         self._arm_wall_clock()
         self._after(timeout_s, _Timeout("tool", token))
-        self.services.workers.submit(lambda: _tell(ref, execute()))
+        self.services.workers.submit(lambda: tell(ref, execute()))
 
     def _memory_search(self, query: str, limit: int) -> list[dict[str, Any]]:
         """For ``palyra.memory.search`` (runs on the tool's thread, with its own reader):
@@ -899,17 +875,9 @@ class RunActor(Supervised):
             return self._recheck_approval()
         if msg.kind == "budget_override" and self.waiting == "budget_override":
             seconds = self.limits.approval_timeout_ms / 1000
-            approval_id, now = self.budget_approval_id, self.clock.now_ms()
-
-            def expire(txn: Txn) -> None:
-                try:
-                    store.resolve_approval(approval_id, "timeout", scope="once",
-                                           reason=f"no decision within {seconds:g}s", ttl_ms=None,
-                                           now_ms=now)(txn)
-                except PalyraError:
-                    pass  # decided meanwhile
-
-            self._op(expire)
+            assert self.budget_approval_id is not None
+            self._op(_close_approval(self.budget_approval_id, "timeout",
+                                     f"no decision within {seconds:g}s", self.clock.now_ms()))
             return self._finish(FAILED, "budget_blocked",
                                 error=f"usage budget override approval required; none was granted "
                                       f"within {seconds:g}s")
@@ -921,16 +889,7 @@ class RunActor(Supervised):
         now = self.clock.now_ms()
         self._op(store.set_cancel_requested(self.run_id, msg.reason, now))
         if self.waiting in ("approval", "approval_timeout") and self.current and self.current.approval_id:
-            approval_id = self.current.approval_id
-
-            def close_approval(txn: Txn) -> None:
-                try:
-                    store.resolve_approval(approval_id, "error", scope="once", reason="run cancelled",
-                                           ttl_ms=None, now_ms=now)(txn)
-                except PalyraError:
-                    pass
-
-            self._op(close_approval)
+            self._op(_close_approval(self.current.approval_id, "error", "run cancelled", now))
         if self.loop_started:
             self._tape("agent_loop.terminated", {"reason": loop.CANCELLATION})
         error = msg.reason if msg.reason.startswith("cancelled") else f"cancelled by request: {msg.reason}"
@@ -1024,14 +983,14 @@ class RunActor(Supervised):
     def _new_write(self, ops: tuple[Any, ...]) -> Write:
         write = Write(ops)
         ref = self.actor_ref
-        write.on_done = lambda w: _tell(ref, _Flushed(w))
+        write.on_done = lambda w: tell(ref, Committed(w))
         return write
 
     def _dispatch(self, write: Write) -> None:
         if not tell_by_name(self.services.names, JOURNAL, write):
-            self._after(0.005, _Redispatch(write))  # the journal is restarting; never block
+            self._after(0.005, Redispatch(write))  # the journal is restarting; never block
 
-    def _on_flushed(self, write: Write) -> None:
+    def _on_committed(self, write: Write) -> None:
         inflight = self._inflight
         if inflight is None or inflight.write is not write:
             return
@@ -1046,9 +1005,9 @@ class RunActor(Supervised):
                 callback(write.value)
             self._flush()
             return
-        if isinstance(error, _RETRYABLE):
+        if isinstance(error, RETRYABLE):
             inflight.write = self._new_write(inflight.ops)
-            self._after(0.005, _Redispatch(inflight.write))
+            self._after(0.005, Redispatch(inflight.write))
             return
         log.error("run %s: journal write failed: %s", self.run_id, error)
         raise error  # crash: the supervisor fails the run with this reason
@@ -1066,14 +1025,30 @@ class RunActor(Supervised):
 
     def _after(self, delay: float, message: Any) -> None:
         ref = self.actor_ref
-        self._timers.append(self.services.timers.call_later(delay, lambda: _tell(ref, message)))
+        self._timers.append(self.services.timers.call_later(delay, lambda: tell(ref, message)))
 
     def _heartbeat(self) -> None:
         """A work heartbeat on every message handled (self-healing reads these)."""
-        now = self.clock.now_ms() if hasattr(self, "clock") else self.services.clock.now_ms()
-        first = getattr(self, "_first_beat", None) or now
-        self._first_beat = first
-        self.services.heartbeats[self.spec.run_id] = ("run", now, first, self.spec.session.session_id)
+        self.services.heartbeats[self.run_id] = ("run", self.clock.now_ms(), self._first_beat,
+                                                 self.session.session_id)
+
+
+def _close_approval(approval_id: str, decision: str, reason: str,
+                    now_ms: int) -> Callable[[Txn], bool | str]:
+    """An op recording ``decision`` (scope once) unless the approval was decided
+    meanwhile: it returns True if recorded, else the decision that stands ("error" if
+    the approval is missing)."""
+    resolve = store.resolve_approval(approval_id, decision, scope="once", reason=reason,
+                                     ttl_ms=None, now_ms=now_ms)
+
+    def op(txn: Txn) -> bool | str:
+        try:
+            resolve(txn)
+        except PalyraError as exc:  # Conflict (decided meanwhile) carries that decision
+            return exc.details.get("decision") or "error"
+        return True
+
+    return op
 
 
 def _compile(pending: list[Any]) -> tuple[Any, ...]:
@@ -1091,10 +1066,3 @@ def _compile(pending: list[Any]) -> tuple[Any, ...]:
     if drafts:
         ops.append(store.append_tape(tuple(drafts)))
     return tuple(ops)
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # the run finished (or was replaced) meanwhile

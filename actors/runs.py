@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
-
-from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, RecoverRuns
 from actors.journal import JOURNAL, Write
+from actors.run import finished_outside
+from actors.writing import tell_by_name
 from palyra.orchestrator import store
 from palyra.orchestrator.state import FAILED
-from palyra.records import RunEvent
 from supervisors.names import Address
 from supervisors.spec import ChildSpec
 from supervisors.supervisor import Supervisor
@@ -30,12 +28,8 @@ class RunsSupervisor(Supervisor):
         super().init()
         # A restart of this supervisor stopped every run actor it had: the gateway
         # finds their runs (and any admitted while it was down) and settles them.
-        gateway = self.services.names.get(GATEWAY)
-        if gateway is not None:
-            try:
-                gateway.tell(RecoverRuns())
-            except pykka.ActorDeadError:
-                pass  # a starting gateway recovers on its own
+        # (No gateway yet: a starting gateway recovers on its own.)
+        tell_by_name(self.services.names, GATEWAY, RecoverRuns())
 
     def child_failed(self, spec: ChildSpec, reason: str) -> None:
         run_spec = spec.kwargs.get("spec")
@@ -61,10 +55,7 @@ def fail_run(services: Any, run_id: str, session_id: str, reason: str) -> bool:
         except Exception as exc:  # keep trying: a run must not stay in_progress
             log.warning("could not fail run %s yet: %s", run_id, exc)
             continue
-        if result is not None:
-            seq, payload = result
-            services.hub.publish(RunEvent(run_id, "status", payload, seq))
-        tell_budget(services, ReleaseRun(run_id))
+        finished_outside(services, run_id, result)
         return True
     log.error("giving up failing run %s; gateway recovery will find it", run_id)
     return False

@@ -13,12 +13,13 @@ one write.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-from actors.budget import ReleaseRun, tell_budget
 from actors.gateway import GATEWAY, CancelRun
-from actors.writing import AsyncJournalWrites, tell_by_name
+from actors.run import finished_outside
+from actors.writing import AsyncJournalWrites, tell, tell_by_name
 from palyra.background import store as bstore
 from palyra.healing import heartbeats as hb
 from palyra.healing import remediation as rem
@@ -26,7 +27,6 @@ from palyra.healing import store as hstore
 from palyra.healing.incidents import apply_signal
 from palyra.journal.store import connect
 from palyra.orchestrator import store
-from palyra.records import RunEvent
 from supervisors.supervised import Supervised
 
 log = logging.getLogger("palyra.healing")
@@ -66,12 +66,8 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
 
     def _schedule(self) -> None:
         ref = self.actor_ref
-
-        def tick() -> None:
-            if ref.is_alive():
-                ref.tell(_LOOP)
-
-        self._timer = self.services.timers.call_later(self.thresholds.loop_interval_ms / 1000, tick)
+        self._timer = self.services.timers.call_later(self.thresholds.loop_interval_ms / 1000,
+                                                      lambda: tell(ref, _LOOP))
 
     def handlers(self) -> dict[type, Any]:
         return {_Loop: lambda _: self._loop()}
@@ -103,7 +99,6 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
             domain, subject = key.split(":", 1)
             self.services.heartbeats.pop(subject, None)
             ops.append(hstore.clear_heartbeat(domain, subject))
-        finished: list[str] = []
         for signal in signals:
             if signal.observation is None and signal.resolve_key is None:
                 continue
@@ -117,26 +112,22 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
             incident = rem.start(incident, attempt, now_ms=now)
             ops += [hstore.save_incident(incident), hstore.insert_attempt(attempt)]
             if attempt.status == rem.PLANNED:
-                action_ops, ok, detail = self._remediate(attempt, runs, tasks, now, finished)
+                action_ops, ok, detail = self._remediate(attempt, runs, tasks, now)
                 incident, attempt = rem.complete(incident, attempt, ok=ok, now_ms=now, detail=detail)
                 ops += [*action_ops, hstore.save_incident(incident), hstore.finish_attempt(attempt)]
         self.loops += 1
         if not ops:
             return
         self._busy = True
-        hub = self.services.hub
 
         def done(write: Any) -> None:
             self._busy = False
             if write.error is not None:
                 log.warning("self-healing loop not recorded: %s", write.error)
                 return
-            for run_id in finished:
-                tell_budget(self.services, ReleaseRun(run_id))
             for value in write.value or ():
-                if isinstance(value, tuple) and len(value) == 3:  # a finished run's status
-                    run_id, seq, payload = value
-                    hub.publish(RunEvent(run_id, "status", payload, seq))
+                if isinstance(value, _RunFinished):
+                    finished_outside(self.services, value.run_id, value.result)
 
         self.write_async([_collect(ops)], done)
 
@@ -172,15 +163,14 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
                                    consecutive_failures=int(circuit.get("consecutive_failures", 0)),
                                    retry_after_ms=int(circuit.get("retry_after_ms", 0)))]
 
-    def _remediate(self, attempt: Any, runs: dict[str, Any], tasks: dict[str, Any], now: int,
-                   finished: list[str]) -> tuple[list[Any], bool, str]:
+    def _remediate(self, attempt: Any, runs: dict[str, Any], tasks: dict[str, Any],
+                   now: int) -> tuple[list[Any], bool, str]:
         """The journal operations of one planned action, and whether it can be done."""
         if attempt.action in (rem.FAIL_RUN, rem.CANCEL_RUN):
             run = runs.get(attempt.subject_id)
             if run is None:
                 return [], False, f"run {attempt.subject_id} not found"
             state, reason, termination = rem.run_finish(attempt.action)
-            finished.append(run.run_id)
             self.services.heartbeats.pop(run.run_id, None)
             op = store.finish_run_from_outside(
                 run.run_id, run.session_id, state, reason=reason, termination_reason=termination,
@@ -199,12 +189,17 @@ class SelfHealingActor(AsyncJournalWrites, Supervised):
         return [], True, attempt.detail
 
 
-def _tagged(run_id: str, op: Any) -> Any:
-    """Return ``(run_id, seq, payload)`` from a finish op, so the loop can publish it."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RunFinished:
+    run_id: str
+    result: tuple[int, dict[str, Any]] | None  # what finish_run_from_outside returned
 
-    def tagged(txn: Any) -> Any:
-        result = op(txn)
-        return None if result is None else (run_id, *result)
+
+def _tagged(run_id: str, op: Any) -> Any:
+    """A finish op whose result names its run, so the loop can announce it."""
+
+    def tagged(txn: Any) -> _RunFinished:
+        return _RunFinished(run_id, op(txn))
 
     return tagged
 

@@ -30,17 +30,21 @@ class Redispatch:
 RETRYABLE = (pykka.ActorDeadError, ActorUnavailable, JournalError)
 
 
-def tell_by_name(names: Any, name: str, message: Any) -> bool:
-    """Deliver without blocking; False while ``name`` is between incarnations (the
-    caller retries on a timer instead of waiting)."""
-    ref = names.get(name)
-    if ref is None:
-        return False
+def tell(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Deliver without blocking; False if that incarnation is gone (it finished, or was
+    replaced meanwhile). Safe from timer callbacks and ``on_done`` hooks: never raises."""
     try:
         ref.tell(message)
     except pykka.ActorDeadError:
         return False
     return True
+
+
+def tell_by_name(names: Any, name: str, message: Any) -> bool:
+    """Deliver without blocking; False while ``name`` is between incarnations (the
+    caller retries on a timer instead of waiting)."""
+    ref = names.get(name)
+    return ref is not None and tell(ref, message)
 
 
 def replying(req: Any, apply: Callable[[], Any]) -> Callable[[Write], None]:
@@ -74,14 +78,7 @@ class AsyncJournalWrites:
         this incarnation stops first, so it is re-sent to the next one."""
         write = Write(tuple(ops))
         ref = self.actor_ref
-
-        def committed(w: Write) -> None:
-            try:
-                ref.tell(Committed(w))
-            except pykka.ActorDeadError:
-                pass
-
-        write.on_done = committed
+        write.on_done = lambda w: tell(ref, Committed(w))
         write.caller = caller
         self._pending()[id(write)] = (write, then)
         if caller is not None:
@@ -142,14 +139,7 @@ class AsyncJournalWrites:
 
     def _retry_later(self, write: Write) -> None:
         ref = self.actor_ref
-
-        def redispatch() -> None:
-            try:
-                ref.tell(Redispatch(write))
-            except pykka.ActorDeadError:
-                pass
-
-        self.services.timers.call_later(0.005, redispatch)
+        self.services.timers.call_later(0.005, lambda: tell(ref, Redispatch(write)))
 
     def _committed(self, write: Write) -> None:
         entry = self._pending().get(id(write))
