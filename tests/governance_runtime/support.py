@@ -68,9 +68,12 @@ def tape_usage(rt: palyra.Runtime, run_id: str) -> tuple[int, int, int]:
 
 
 def pending_override(rt: palyra.Runtime, run_id: str, timeout: float = 5.0) -> Approval:
-    """The budget override approval that ``run_id`` waits on."""
+    """The budget override approval that ``run_id`` waits on, once the run has taped its
+    request too (the approval row commits first; the run's step follows the budget's reply)."""
     found = until(lambda: rt.approvals.pending(run_id), timeout=timeout,
                   what=f"a pending override approval of {run_id}")
+    until(lambda: steps(rt, run_id, "budget.override_requested"), timeout=timeout,
+          what=f"{run_id} waiting on its override")
     assert len(found) == 1, found
     return found[0]
 
