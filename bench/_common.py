@@ -74,6 +74,23 @@ def timed_callers(callers: int, work: Callable[[int], list[float]]) -> tuple[lis
     return latencies, time.perf_counter() - t0
 
 
+def python_speed() -> float:
+    """Millions of iterations per second of a fixed pure-Python loop, measured now.
+
+    Absolute figures move with the host (VMs of one kind have differed by 3x between
+    sessions); this number, printed beside them, says how fast this one was.
+    """
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(1 / best, 2)
+
+
 def emit(figures: dict) -> None:
     figures.setdefault("pinned_cpu", PINNED_CPU)
+    figures.setdefault("python_loop_millions_per_s", python_speed())
     print(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS).decode())

@@ -47,7 +47,10 @@ def floor(runs: int, rows_per_run: int) -> float:
     payload = '{"kind":"status","message":"' + "x" * 120 + '"}'
     with tempfile.TemporaryDirectory() as d:
         conn = apsw.Connection(f"{d}/floor.sqlite3")
-        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+        # One statement per execute: apsw runs a multi-statement string lazily, and the
+        # pragma after a row-returning one would never run (the floor used FULL sync).
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(
             "CREATE TABLE tape(run TEXT, seq INTEGER, type TEXT, payload TEXT, at INTEGER,"
             " hash TEXT, prev TEXT, PRIMARY KEY(run, seq)) WITHOUT ROWID"
