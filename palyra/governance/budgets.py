@@ -641,8 +641,7 @@ class Ledger:
         Asking again for a live reservation with the same scope and amount returns it
         (``replayed``); reusing an id otherwise raises :class:`Conflict`.
         """
-        if not isinstance(reservation_id, str) or not reservation_id:
-            raise bad("reservation_id", "must be a non-empty string")
+        non_empty_text(reservation_id, "reservation_id")
         projected.checked("projected")
         policies = tuple(policies)
         existing = self._reservations.get(reservation_id)
