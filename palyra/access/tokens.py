@@ -34,6 +34,10 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 120
 MAX_RATE_LIMIT_PER_MINUTE = 1_000_000
 MAX_EXPIRES_IN_S = 100 * 366 * 86_400  # a century: beyond it, "never" says it better
 
+# In the state directory. surfaces/http/auth.py creates it; the CLI, doctor and the
+# support bundle's secret scan read it, and they cannot import from surfaces.
+ADMIN_TOKEN_FILE = "admin.token"
+
 MODELS_READ = "models.read"
 CHAT_CREATE = "chat.create"
 SCOPES: tuple[str, ...] = (MODELS_READ, CHAT_CREATE)
