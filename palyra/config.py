@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from palyra.errors import InvalidInput
 from palyra.journal.store import JournalSettings
 from palyra.learning.config import LearningConfig
 from palyra.orchestrator.loop import LoopLimits
+from palyra.validation import is_int, is_number
 
 POSTURES = ("always_allow", "ask_each_time", "disabled")
 
@@ -238,10 +240,29 @@ def _section(name: str, section_type: type, raw: Any) -> Any:
     if unknown:
         key = f"{name}.{unknown[0]}"
         raise InvalidInput(f"unknown config key {key}", details={"key": key})
+    _check_numbers(name, section_type, raw)
     try:
         return section_type(**raw)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid config section {name!r}: {exc}", details={"key": name}) from exc
+
+
+def _check_numbers(name: str, section_type: type, raw: dict[str, Any]) -> None:
+    """Refuse a bool (TOML ``true`` is a Python int) or a fraction where a field counts
+    something: the sections' own checks compare only, so ``true`` would pass as 1."""
+    hints = typing.get_type_hints(section_type)
+    for field, value in raw.items():
+        kind = hints.get(field)
+        if value is None:
+            continue
+        if kind in (int, int | None) and not is_int(value):
+            wanted = "an integer"
+        elif kind in (float, float | None) and not is_number(value):
+            wanted = "a number"
+        else:
+            continue
+        key = f"{name}.{field}"
+        raise InvalidInput(f"config key {key} must be {wanted}", details={"key": key})
 
 
 # --------------------------------------------------------------------------- environment

@@ -65,6 +65,7 @@ __all__ = [
     "PALYRA_TOKEN_RE",
     "REDACTED",
     "contains_secret",
+    "dumps_payload",
     "redact_diagnostics",
     "redact_message",
     "redact_url",
@@ -300,15 +301,22 @@ def _stub(reason: str, size: int) -> tuple[str, bool]:
     return orjson.dumps({"redacted": True, "reason": reason, "bytes": size}).decode(), True
 
 
-def _dumps(value: Any) -> str:
+def dumps_payload(value: Any) -> bytes:
+    """Compact JSON as :func:`sanitize_payload` writes it."""
     # OPT_NON_STR_KEYS: callers may hand us dicts with int keys; JSON turns them into
     # strings either way, and refusing them would drop a journal event over a key type.
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _dumps(value: Any) -> str:
+    return dumps_payload(value).decode()
 
 
 def sanitize_payload(
     payload: bytes | str | dict[Any, Any] | list[Any] | None,
     keep_keys: Set[str] = frozenset(),
+    *,
+    serialized: bytes | None = None,
 ) -> tuple[str, bool]:
     """Redact a journal/tape payload; returns ``(compact_json_text, redacted)``.
 
@@ -320,6 +328,9 @@ def sanitize_payload(
     Raises ``TypeError`` (``orjson.JSONEncodeError``) for Python objects that JSON cannot
     represent (integers beyond 64 bits, arbitrary classes): that is a caller bug, and
     guessing a representation would store something nobody asked for.
+
+    ``serialized`` is ``dumps_payload(payload)`` of a dict or list, from a caller that
+    needed its size first; passing it spares dumping the payload twice.
     """
     if payload is None:
         return "{}", False
@@ -344,7 +355,7 @@ def sanitize_payload(
             )
         return _sanitize_text(payload, size, keep_keys)
     if isinstance(payload, dict | list):
-        raw = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+        raw = dumps_payload(payload) if serialized is None else serialized
         shallow = raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
         if shallow and not _may_need_redaction(raw):
             return raw.decode(), False

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from palyra.access.tokens import ADMIN_TOKEN_FILE
 from palyra.errors import SecretLeak
 from palyra.redaction import (
     MIN_SECRET_LEN,
@@ -47,7 +48,7 @@ _PATTERNS = {
 
 def admin_token(state_dir: str | os.PathLike[str]) -> str | None:
     try:
-        return (Path(state_dir) / "admin.token").read_text(encoding="utf-8").strip() or None
+        return (Path(state_dir) / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -49,6 +49,7 @@ from palyra.redaction import redact_diagnostics
 from palyra.secret_scan import known_secrets as collect_secrets
 from palyra.secret_scan import refuse_leaks, scrub_patterns
 from palyra.statelock import StateLock
+from palyra.validation import is_int
 
 __all__ = ["DEFAULT_MAX_BYTES", "MIN_MAX_BYTES", "SCHEMA_VERSION", "Bundle", "build_bundle",
            "export_bundle", "write_bundle"]
@@ -302,7 +303,7 @@ def _fit(docs: dict[str, Any], packer: _Packer) -> Bundle:
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+    if not is_int(value) or value < low or (
             high is not None and value > high):
         bound = f">= {low}" if high is None else f"within {low}..{high}"
         raise InvalidInput(f"{name} must be an integer {bound}", details={"field": name})

@@ -22,6 +22,11 @@ def is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """An ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def non_negative_int(value: Any, field: str) -> int:
     """``value`` if it is an integer >= 0; else "must be an integer" / "must not be negative"."""
     if not is_int(value):

@@ -38,6 +38,28 @@ def test_a_bad_override_names_the_key(env, named):
     assert named in str(err.value)
 
 
+@pytest.mark.parametrize(("env", "key"), [
+    ({"PALYRA_RUNS_MAX_TOOL_CALLS": "true"}, "runs.max_tool_calls"),
+    ({"PALYRA_RUNS_WORKERS": "2.5"}, "runs.workers"),
+    ({"PALYRA_MEMORY_RETENTION_MAX_ENTRIES": "true"}, "memory.retention_max_entries"),
+    ({"PALYRA_JOURNAL_MAX_BATCH": "true"}, "journal.max_batch"),
+    ({"PALYRA_SUPERVISION_PROBE_INTERVAL": "true"}, "supervision.probe_interval"),
+])
+def test_a_bool_or_fraction_for_a_count_is_refused(env, key):
+    with pytest.raises(palyra.InvalidInput, match=f"{key} must be a") as err:
+        load_config(None, env)
+    assert err.value.details == {"key": key}
+
+
+def test_numbers_of_the_right_kind_still_load():
+    config = load_config(None, {"PALYRA_SUPERVISION_PROBE_INTERVAL": "2",
+                                "PALYRA_MEMORY_RETENTION_MAX_ENTRIES": "10",
+                                "PALYRA_HTTP_SSE_KEEPALIVE_S": "1.5"})
+    assert config.supervision.probe_interval == 2
+    assert config.memory.retention_max_entries == 10
+    assert config.http.sse_keepalive_s == 1.5
+
+
 def test_palyrad_refuses_a_bad_override_as_a_usage_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PALYRA_SUPERVISION_PROBE_INTERVALL", "1")
     assert daemon.main(["--state-dir", str(tmp_path / "state"), "--http", "127.0.0.1:0"]) == 2

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from palyra.errors import InvalidApiToken, InvalidInput, MissingScope
+from palyra.validation import is_int
 
 TOKEN_PREFIX = "palyra_"
 TOKEN_BYTES = 32
@@ -32,6 +33,10 @@ DISPLAY_PREFIX_LEN = 12  # "palyra_" + 5 characters: enough to tell tokens apart
 DEFAULT_RATE_LIMIT_PER_MINUTE = 120
 MAX_RATE_LIMIT_PER_MINUTE = 1_000_000
 MAX_EXPIRES_IN_S = 100 * 366 * 86_400  # a century: beyond it, "never" says it better
+
+# In the state directory. surfaces/http/auth.py creates it; the CLI, doctor and the
+# support bundle's secret scan read it, and they cannot import from surfaces.
+ADMIN_TOKEN_FILE = "admin.token"
 
 MODELS_READ = "models.read"
 CHAT_CREATE = "chat.create"
@@ -129,8 +134,7 @@ def normalize_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 def check_rate_limit(value: Any) -> int:
-    if (isinstance(value, bool) or not isinstance(value, int)
-            or not 1 <= value <= MAX_RATE_LIMIT_PER_MINUTE):
+    if not is_int(value) or not 1 <= value <= MAX_RATE_LIMIT_PER_MINUTE:
         raise InvalidInput(f"rate_limit_per_minute: an integer from 1 to "
                            f"{MAX_RATE_LIMIT_PER_MINUTE}", details={"field": "rate_limit_per_minute"})
     return value
@@ -139,7 +143,7 @@ def check_rate_limit(value: Any) -> int:
 def check_expires_in(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EXPIRES_IN_S:
+    if not is_int(value) or not 1 <= value <= MAX_EXPIRES_IN_S:
         raise InvalidInput(f"expires_in_s: a number of seconds from 1 to {MAX_EXPIRES_IN_S}",
                            details={"field": "expires_in_s"})
     return value

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from palyra.access.tokens import ADMIN_TOKEN_FILE
 from palyra.errors import InvalidInput, SecretLeak
 from palyra.journal.store import Reader, db_path
 
@@ -230,7 +231,7 @@ def _token(args: argparse.Namespace) -> str:
     token = _opt(args, "token") or os.environ.get("PALYRA_ADMIN_TOKEN")
     if token:
         return token.strip()
-    path = os.path.join(_state_dir(args), "admin.token")
+    path = os.path.join(_state_dir(args), ADMIN_TOKEN_FILE)
     try:
         with open(path, encoding="utf-8") as fh:
             token = fh.read().strip()
@@ -459,7 +460,7 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--url", default=argparse.SUPPRESS,
                         help=f"daemon URL (default $PALYRA_URL or {DEFAULT_URL})")
     common.add_argument("--token", default=argparse.SUPPRESS,
-                        help="admin token (default $PALYRA_ADMIN_TOKEN or <state-dir>/admin.token)")
+                        help=f"admin token (default $PALYRA_ADMIN_TOKEN or <state-dir>/{ADMIN_TOKEN_FILE})")
     return common
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from palyra.errors import Conflict, InvalidInput
 from palyra.governance.pricing import micros_to_usd_exact, usd_to_micros
-from palyra.validation import bad, is_int, non_empty_text, non_negative_int
+from palyra.validation import bad, is_int, is_number, non_empty_text, non_negative_int
 
 __all__ = [
     "ACTIONS",
@@ -286,7 +286,7 @@ def _limit_from_wire(value: Any, metric_kind: str, field: str) -> int | None:
         return None
     if metric_kind == "estimated_cost_usd":
         micros = usd_to_micros(value, field=field)
-    elif isinstance(value, bool) or not isinstance(value, int | float):
+    elif not is_number(value):
         raise bad(field, "must be a number")
     elif isinstance(value, float) and not value.is_integer():
         raise bad(field, "must be a whole number of tokens")
@@ -641,8 +641,7 @@ class Ledger:
         Asking again for a live reservation with the same scope and amount returns it
         (``replayed``); reusing an id otherwise raises :class:`Conflict`.
         """
-        if not isinstance(reservation_id, str) or not reservation_id:
-            raise bad("reservation_id", "must be a non-empty string")
+        non_empty_text(reservation_id, "reservation_id")
         projected.checked("projected")
         policies = tuple(policies)
         existing = self._reservations.get(reservation_id)

@@ -32,7 +32,7 @@ from palyra.errors import (
 )
 from palyra.ids import new_ulid
 from palyra.journal.schema import migrate
-from palyra.redaction import sanitize_payload
+from palyra.redaction import dumps_payload, sanitize_payload
 
 DB_FILENAME = "journal.sqlite3"
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
@@ -146,13 +146,15 @@ class EventDraft:
     ) -> EventDraft:
         if not kind or not isinstance(kind, str):
             raise ValueError("journal event kind must be a non-empty string")
-        raw_size = _raw_size(payload)
+        # A dict or list is dumped once: the size check and redaction read the same bytes.
+        serialized = dumps_payload(payload) if isinstance(payload, dict | list) else None
+        raw_size = _raw_size(payload) if serialized is None else len(serialized)
         if raw_size > max_payload_bytes:
             raise PayloadTooLarge(
                 f"journal payload is {raw_size} bytes; the limit is {max_payload_bytes}",
                 details={"payload_kind": "journal", "limit": max_payload_bytes},
             )
-        payload_json, redacted = sanitize_payload(payload)
+        payload_json, redacted = sanitize_payload(payload, serialized=serialized)
         now = clock.now_ms()
         return cls(
             kind=kind,

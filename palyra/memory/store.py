@@ -56,7 +56,7 @@ from palyra.memory.embedding import (
 )
 from palyra.memory.query import build_fts_query, flatten, fts_terms, snippet
 from palyra.redaction import sanitize_value
-from palyra.validation import is_int
+from palyra.validation import is_int, is_number
 
 # --------------------------------------------------------------------------- limits
 
@@ -240,7 +240,7 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for name in ("max_entries", "max_bytes", "ttl_days"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise InvalidInput(f"memory.retention.{name} must be a non-negative integer")
 
 
@@ -317,7 +317,7 @@ def _name(field: str, value: Any) -> str:
 
 
 def _unit_interval(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+    if not is_number(value) or not (
         math.isfinite(value) and 0.0 <= value <= 1.0
     ):
         raise InvalidInput(f"{field} must be a number in [0, 1]", details={"field": field})

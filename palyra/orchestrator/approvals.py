@@ -12,6 +12,7 @@ import orjson
 
 from palyra.errors import InvalidInput
 from palyra.records import Approval
+from palyra.validation import is_int
 
 SCOPES = ("once", "session", "timeboxed")
 CACHE_CAPACITY = 1024
@@ -24,7 +25,7 @@ READ_ONLY_COMMANDS = frozenset(
 def validate_scope(scope: str, ttl_ms: int | None) -> None:
     if scope not in SCOPES:
         raise InvalidInput(f"decision scope must be one of {SCOPES}, got {scope!r}", details={"field": "scope"})
-    if ttl_ms is not None and (not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= 0):
+    if ttl_ms is not None and (not is_int(ttl_ms) or ttl_ms <= 0):
         raise InvalidInput("ttl_ms must be a positive integer", details={"field": "ttl_ms"})
     if scope == "timeboxed" and ttl_ms is None:
         raise InvalidInput("a timeboxed decision needs ttl_ms", details={"field": "ttl_ms"})

@@ -23,6 +23,7 @@ from palyra.providers.base import (
     Usage,
     map_finish_reason,
 )
+from palyra.validation import is_int
 
 
 class MalformedResponse(ValueError):
@@ -111,10 +112,10 @@ def _parse_usage(raw: object) -> Usage | None:
         return None
     prompt = raw.get("prompt_tokens")
     completion = raw.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if not is_int(prompt) or not is_int(completion):
         return None
     total = raw.get("total_tokens")
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+    return Usage(prompt, completion, total if is_int(total) else prompt + completion)
 
 
 def _content_text(content: object) -> str:
@@ -313,7 +314,7 @@ class StreamAccumulator:
         if not isinstance(raw, Mapping):
             raise MalformedResponse("tool call delta is not an object")
         index = raw.get("index", len(self._calls))
-        if not isinstance(index, int):
+        if not is_int(index):
             raise MalformedResponse("tool call delta index is not an integer")
         partial = self._calls.setdefault(index, _PartialCall())
         if isinstance(raw.get("id"), str) and raw["id"]:

@@ -13,6 +13,7 @@ import hashlib
 import struct
 
 from palyra.errors import InvalidInput
+from palyra.validation import is_int
 
 __all__ = ["ATTESTATION_DOMAIN", "execution_sha256"]
 
@@ -42,7 +43,7 @@ def execution_sha256(
     executed_at_ms: int,
 ) -> str:
     """Hex SHA-256 attesting one tool execution. ``error`` None hashes as ``""``."""
-    if not isinstance(executed_at_ms, int) or not _I64_MIN <= executed_at_ms <= _I64_MAX:
+    if not is_int(executed_at_ms) or not _I64_MIN <= executed_at_ms <= _I64_MAX:
         raise InvalidInput("executed_at_ms must be an integer that fits in i64")
     h = hashlib.sha256(ATTESTATION_DOMAIN)
     h.update(_lp(proposal_id))

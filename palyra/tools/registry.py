@@ -22,6 +22,7 @@ from jsonschema.exceptions import best_match
 from palyra.clock import SYSTEM_CLOCK, Clock
 from palyra.errors import AlreadyExists, InvalidInput, NotFound, PayloadTooLarge
 from palyra.policy.engine import DEFAULT_SENSITIVE_CAPABILITIES
+from palyra.validation import is_int
 
 __all__ = [
     "CATALOG_SCHEMA_VERSION",
@@ -110,7 +111,7 @@ class ToolDefinition:
             raise InvalidInput(
                 f"tool name {self.name!r} must be lower-case dotted words, e.g. 'palyra.echo'"
             )
-        if not isinstance(self.max_input_bytes, int) or self.max_input_bytes <= 0:
+        if not is_int(self.max_input_bytes) or self.max_input_bytes <= 0:
             raise InvalidInput(f"{self.name}: max_input_bytes must be a positive integer")
         if not callable(self.handler):
             raise InvalidInput(f"{self.name}: handler must be callable")

@@ -11,7 +11,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from palyra.access.tokens import looks_like_token
+from palyra.access.tokens import ADMIN_TOKEN_FILE, looks_like_token
 from palyra.config import Config
 from palyra.errors import PalyraError, Unauthenticated
 from surfaces.http import auth
@@ -32,7 +32,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                    description="Admin API, run events (SSE), Prometheus metrics and an "
                                "OpenAI-compatible surface. Every route but /healthz needs "
                                "`Authorization: Bearer <admin token>` (the token is in "
-                               "<state_dir>/admin.token).\n\n"
+                               f"<state_dir>/{ADMIN_TOKEN_FILE}).\n\n"
                                "Rate limits (every route but /healthz): token buckets per "
                                "client address, by default 30 requests/s (120/s from "
                                "loopback), and per token: the admin token by default 120/s "

@@ -17,16 +17,14 @@ import secrets
 import stat
 from pathlib import Path
 
-from palyra.access.tokens import ApiToken, require_scope
+from palyra.access.tokens import ADMIN_TOKEN_FILE, ApiToken, require_scope
 from palyra.errors import AdminTokenRequired, Unauthenticated
 
 log = logging.getLogger("palyra.http")
 
-TOKEN_FILE = "admin.token"
-
 
 def token_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / TOKEN_FILE
+    return Path(state_dir) / ADMIN_TOKEN_FILE
 
 
 def ensure_admin_token(state_dir: str | os.PathLike[str]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from palyra.access.tokens import ADMIN_TOKEN_FILE
 from palyra.errors import InvalidInput
 from palyra.ids import is_ulid
 
@@ -412,7 +413,7 @@ def openapi(routes: tuple[Route, ...], schemas: dict[str, Any], *, title: str,
         "info": {"title": title, "version": version, "description": description},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "the admin token (admin.token), "
+                                           "description": f"the admin token ({ADMIN_TOKEN_FILE}), "
                                                           "or on routes that name an "
                                                           "x-palyra-api-token-scope an API "
                                                           "token (palyra_...) with that scope"}},

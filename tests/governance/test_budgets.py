@@ -273,6 +273,15 @@ def test_reserve_retry_is_idempotent_and_reuse_conflicts():
         ledger.reserve("R1", [], ALICE, tokens(10), T0)
 
 
+@pytest.mark.parametrize("rid", ["", "   ", "\t\n", None, 7])
+def test_reservation_id_must_be_non_blank_text(rid):
+    ledger = Ledger()
+    with pytest.raises(InvalidInput, match="reservation_id must be a non-empty string") as err:
+        ledger.reserve(rid, [], ALICE, tokens(1), T0)
+    assert err.value.details == {"field": "reservation_id"}
+    assert ledger.reservations == {} and ledger.drain_events() == []
+
+
 def test_negative_amounts_are_rejected():
     ledger = Ledger()
     with pytest.raises(InvalidInput, match="projected.tokens"):

@@ -107,6 +107,31 @@ def test_payload_size_limit_is_enforced_before_anything_is_written():
         EventDraft.build("big", {"x": "y" * 200}, max_payload_bytes=100)
 
 
+def test_payload_with_int_keys_is_sized_too():
+    # JSON turns the keys into strings either way; the size check must not skip the payload
+    with pytest.raises(PayloadTooLarge, match="limit is 100"):
+        EventDraft.build("big", {1: "y" * 200}, max_payload_bytes=100)
+
+
+@pytest.mark.parametrize("payload", [{"n": 1, "text": "plain"}, [1, {"2": 3}], {7: "int key"},
+                                     {"api_key": "sk-" + "x" * 20}])
+def test_a_dict_or_list_payload_is_serialised_once(monkeypatch, payload):
+    real = orjson.dumps
+    calls = []
+
+    def counting(value, *args, **kwargs):
+        calls.append(value)
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(orjson, "dumps", counting)
+    draft = EventDraft.build("once", payload)
+    monkeypatch.undo()
+    # a payload that needs redaction is dumped again after it, as the redacted copy
+    assert [value is payload for value in calls] == [True] + [False] * draft.redacted
+    assert draft.redacted or draft.payload_json == real(
+        payload, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def test_duplicate_event_id_fails_only_that_caller(writer, tmp_path):
     draft = EventDraft.build("dup")
     other = EventDraft.build("other")

@@ -258,6 +258,12 @@ def test_retention_policy(db):
         RetentionPolicy(max_entries=-1)
 
 
+@pytest.mark.parametrize("field", ["max_entries", "max_bytes", "ttl_days"])
+def test_retention_policy_rejects_a_bool_for_a_count(field):
+    with pytest.raises(InvalidInput, match=f"memory.retention.{field} must be a non-negative integer"):
+        RetentionPolicy(**{field: True})
+
+
 def test_backfill_is_batched_and_resumable(db):
     items = [add(db, f"note number {i}") for i in range(5)]
     db.execute("UPDATE memory_vectors SET embedding_version = 0")

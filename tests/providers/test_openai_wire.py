@@ -76,6 +76,22 @@ def test_completion_with_text_and_usage():
     assert (turn.text, turn.finish_reason, turn.usage) == ("hi", "stop", Usage(3, 1, 4))
 
 
+def test_completion_usage_with_a_bool_token_count_is_ignored():
+    usage = {"prompt_tokens": True, "completion_tokens": 1, "total_tokens": 2}
+    turn = parse_completion(
+        {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    )
+    assert turn.usage is None
+
+
+def test_completion_total_tokens_given_as_a_bool_is_recomputed():
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": True}
+    turn = parse_completion(
+        {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    )
+    assert turn.usage == Usage(3, 1, 4)
+
+
 def test_completion_with_tool_calls():
     turn = parse_completion(
         {
@@ -207,6 +223,12 @@ def test_tool_arguments_split_anywhere_reassemble(args, data):
         acc.add(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         start = cut
     assert acc.result().tool_calls == (ToolCall("c", "t", args),)
+
+
+def test_accumulator_rejects_a_bool_tool_call_index():
+    acc = StreamAccumulator()
+    with pytest.raises(MalformedResponse, match="index is not an integer"):
+        acc.add(_chunk({"tool_calls": [{"index": True, "id": "c", "function": {"name": "t"}}]}))
 
 
 def test_accumulator_rejects_unparseable_streamed_arguments():

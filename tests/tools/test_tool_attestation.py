@@ -103,7 +103,7 @@ def test_distinct_field_splits_never_collide(x: tuple, y: tuple) -> None:
     assert (hx == hy) == (x == y)
 
 
-@pytest.mark.parametrize("bad", [2**63, -(2**63) - 1, 1.5])
+@pytest.mark.parametrize("bad", [2**63, -(2**63) - 1, 1.5, True])
 def test_executed_at_must_fit_i64(bad) -> None:
     with pytest.raises(InvalidInput):
         execution_sha256(**{**BASE, "executed_at_ms": bad})

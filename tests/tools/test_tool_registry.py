@@ -80,6 +80,12 @@ def test_bad_tool_names_rejected(name: str) -> None:
         make_tool(name)
 
 
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_max_input_bytes_must_be_a_positive_integer(limit: object) -> None:
+    with pytest.raises(InvalidInput, match="max_input_bytes must be a positive integer"):
+        make_tool(max_input_bytes=limit)
+
+
 def test_invalid_input_schema_rejected_at_definition() -> None:
     with pytest.raises(InvalidInput, match="invalid input_schema"):
         make_tool(input_schema={"type": "no-such-type"})

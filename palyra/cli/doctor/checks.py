@@ -15,6 +15,7 @@ from pathlib import Path
 
 import apsw
 
+from palyra.access.tokens import ADMIN_TOKEN_FILE
 from palyra.cli.doctor import recovery
 from palyra.config import Config, load_config
 from palyra.errors import PalyraError
@@ -103,7 +104,7 @@ class Doctor:
         loose = []
         if self.state_dir.exists() and stat.S_IMODE(self.state_dir.stat().st_mode) & 0o077:
             loose.append((self.state_dir, PRIVATE_DIR))
-        for name in (self.journal.name, "admin.token", self.journal.name + "-wal"):
+        for name in (self.journal.name, ADMIN_TOKEN_FILE, self.journal.name + "-wal"):
             path = self.state_dir / name
             if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
                 loose.append((path, PRIVATE_FILE))
@@ -193,7 +194,7 @@ class Doctor:
                                      " check its log, or pass --url")
 
     def check_admin_token(self) -> Finding:
-        ok = (self.state_dir / "admin.token").exists() or bool(os.environ.get("PALYRA_ADMIN_TOKEN"))
+        ok = (self.state_dir / ADMIN_TOKEN_FILE).exists() or bool(os.environ.get("PALYRA_ADMIN_TOKEN"))
         return Finding("admin_token", "warning", ok, "admin token present" if ok else "no admin token",
                        "" if ok else "palyrad creates one on start; or set PALYRA_ADMIN_TOKEN")
 
