@@ -240,16 +240,18 @@ def _section(name: str, section_type: type, raw: Any) -> Any:
     if unknown:
         key = f"{name}.{unknown[0]}"
         raise InvalidInput(f"unknown config key {key}", details={"key": key})
-    _check_numbers(name, section_type, raw)
+    _check_scalars(name, section_type, raw)
     try:
         return section_type(**raw)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid config section {name!r}: {exc}", details={"key": name}) from exc
 
 
-def _check_numbers(name: str, section_type: type, raw: dict[str, Any]) -> None:
-    """Refuse a bool (TOML ``true`` is a Python int) or a fraction where a field counts
-    something: the sections' own checks compare only, so ``true`` would pass as 1."""
+def _check_scalars(name: str, section_type: type, raw: dict[str, Any]) -> None:
+    """Refuse a value of the wrong scalar type: a bool (TOML ``true`` is a Python int)
+    or a fraction where a field counts something, and anything but a real bool for a
+    switch (the string ``"false"`` is truthy: ``allow_remote_bind = "false"`` would bind
+    remotely). The sections' own checks compare values only."""
     hints = typing.get_type_hints(section_type)
     for field, value in raw.items():
         kind = hints.get(field)
@@ -259,6 +261,10 @@ def _check_numbers(name: str, section_type: type, raw: dict[str, Any]) -> None:
             wanted = "an integer"
         elif kind in (float, float | None) and not is_number(value):
             wanted = "a number"
+        elif kind in (bool, bool | None) and not isinstance(value, bool):
+            wanted = "true or false"
+        elif kind in (str, str | None) and not isinstance(value, str):
+            wanted = "a string"
         else:
             continue
         key = f"{name}.{field}"

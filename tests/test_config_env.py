@@ -51,6 +51,20 @@ def test_a_bool_or_fraction_for_a_count_is_refused(env, key):
     assert err.value.details == {"key": key}
 
 
+@pytest.mark.parametrize(("text", "key", "wanted"), [
+    # a quoted "false" is a truthy string: it must not switch remote binding on
+    ('[http]\nallow_remote_bind = "false"\n', "http.allow_remote_bind", "true or false"),
+    ("[learning]\nenabled = 1\n", "learning.enabled", "true or false"),
+    ("[journal]\nsynchronous = 1\n", "journal.synchronous", "a string"),
+])
+def test_a_switch_or_text_of_another_type_is_refused(tmp_path, text, key, wanted):
+    path = tmp_path / "palyra.toml"
+    path.write_text(text)
+    with pytest.raises(palyra.InvalidInput, match=f"{key} must be {wanted}") as err:
+        load_config(str(path), {})
+    assert err.value.details == {"key": key}
+
+
 def test_numbers_of_the_right_kind_still_load():
     config = load_config(None, {"PALYRA_SUPERVISION_PROBE_INTERVAL": "2",
                                 "PALYRA_MEMORY_RETENTION_MAX_ENTRIES": "10",

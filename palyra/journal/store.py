@@ -240,9 +240,11 @@ class TapeDraft:
         # not a credential (upstream redacted it, quirk 13.2).
         keep = _MODEL_TOKEN_KEEP if event_type == "model_token" else frozenset()
         payload_json, redacted = sanitize_payload(payload, keep)
-        if len(payload_json) > max_payload_bytes:
+        # The limit is in stored (UTF-8) bytes; len() counts characters.
+        size = len(payload_json) if payload_json.isascii() else len(payload_json.encode())
+        if size > max_payload_bytes:
             raise PayloadTooLarge(
-                f"tape payload of {event_type} is {len(payload_json)} bytes; "
+                f"tape payload of {event_type} is {size} bytes; "
                 f"the limit is {max_payload_bytes}",
                 details={"payload_kind": "tape", "limit": max_payload_bytes},
             )

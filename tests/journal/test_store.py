@@ -13,6 +13,7 @@ from palyra.journal.store import (
     EventDraft,
     JournalSettings,
     Reader,
+    TapeDraft,
     Writer,
     append_op,
     db_path,
@@ -105,6 +106,13 @@ def test_secrets_are_redacted_before_storage(writer, tmp_path):
 def test_payload_size_limit_is_enforced_before_anything_is_written():
     with pytest.raises(PayloadTooLarge, match="limit is 100"):
         EventDraft.build("big", {"x": "y" * 200}, max_payload_bytes=100)
+
+
+def test_tape_payload_limit_counts_utf8_bytes_not_characters():
+    # 40 characters of three bytes each: 120 stored bytes, over a 100-byte limit
+    with pytest.raises(PayloadTooLarge, match="limit is 100"):
+        TapeDraft.build("run", 0, "status", {"t": "\u20ac" * 40}, now_ms=0, max_payload_bytes=100)
+    assert TapeDraft.build("run", 0, "status", {"t": "e" * 40}, now_ms=0, max_payload_bytes=100)
 
 
 def test_payload_with_int_keys_is_sized_too():
