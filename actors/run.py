@@ -44,7 +44,7 @@ from palyra.ids import new_ulid
 from palyra.journal.store import TapeDraft, Txn
 from palyra.memory import MemoryQueries, augment_prompt, auto_inject_payload
 from palyra.observability import classify_provider_error
-from palyra.orchestrator import loop, store
+from palyra.orchestrator import loop, steps, store
 from palyra.orchestrator.approvals import (
     approval_prompt,
     cache_key,
@@ -58,14 +58,9 @@ from palyra.providers import ToolCall as ModelToolCall
 from palyra.records import Approval, RunEvent, Session, Usage
 from palyra.redaction import redact_message
 from palyra.tools import ToolCall, ToolContext, ToolDecision, ToolOutput, decide_tool_call
-from palyra.tools.attestation import execution_sha256
 from supervisors.supervised import Supervised
 
 log = logging.getLogger("palyra.run")
-
-EXECUTOR = "palyra.inprocess"
-SANDBOX = "none"
-
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -544,19 +539,7 @@ class RunActor(Supervised):
         self.model_id, self.provider_id = response.model_id, response.provider_id
         if response.text:
             self._tape("model_token", {"token": response.text, "is_final": True})
-        self._tape("provider_turn_output", {
-            "full_text": response.text,
-            "content_parts": ([{"kind": "text", "text": response.text}] if response.text else [])
-            + [{"kind": "tool_call", "id": c.id, "name": c.name, "arguments": c.arguments}
-               for c in response.tool_calls],
-            "finish_reason": str(response.finish_reason),
-            "usage": {"prompt_tokens": response.usage.prompt_tokens,
-                      "completion_tokens": response.usage.completion_tokens,
-                      "total_tokens": response.usage.total_tokens, "source": "provider"},
-            "provider_id": response.provider_id,
-            "model_id": response.model_id,
-            "retry_count": response.retry_count,
-        })
+        self._tape("provider_turn_output", steps.provider_turn_output(response))
         if response.tool_calls:
             self.messages.append(Message("assistant", response.text, tool_calls=response.tool_calls))
             self.proposals = [self._propose(call) for call in response.tool_calls]
@@ -597,19 +580,15 @@ class RunActor(Supervised):
         key = self._approval_key(call.name)
         cached = self.services.approval_cache.lookup(key, self.clock.now_ms())
         if cached is not None:
-            self._tape("tool_approval_response", {
-                "proposal_id": proposal.proposal_id, "approval_id": cached.approval_id,
-                "approved": cached.allowed, "decision_scope": cached.scope,
-                "reason": f"cached_approval(scope={cached.scope})",
-            })
+            self._tape("tool_approval_response", steps.approval_response(
+                proposal.proposal_id, cached.approval_id, cached.allowed,
+                f"cached_approval(scope={cached.scope})", decision_scope=cached.scope))
             return self._decide(proposal, cached.allowed)
         self._request_approval(proposal)
 
     def _tape_proposal(self, proposal: _Proposal) -> None:
-        self._tape("tool_proposal", {
-            "proposal_id": proposal.proposal_id, "tool_name": proposal.call.name,
-            "input_json": proposal.call.arguments, "approval_required": proposal.approval_required,
-        })
+        self._tape("tool_proposal", steps.tool_proposal(
+            proposal.proposal_id, proposal.call.name, proposal.call.arguments, proposal.approval_required))
 
     def _intake_rejected(self, proposal: _Proposal, exc: PalyraError) -> None:
         reason = f"{exc.code}: {exc.message}"
@@ -668,12 +647,8 @@ class RunActor(Supervised):
         """Tape the request and wait for its decision: told by the gateway, found by the
         recheck, or timed out after ``timeout_s``."""
         proposal.approval_id = approval.approval_id
-        self._tape("tool_approval_request", {
-            "proposal_id": proposal.proposal_id, "approval_id": approval.approval_id,
-            "tool_name": proposal.call.name, "input_json": proposal.arguments,
-            "approval_required": True, "prompt": approval.prompt,
-            "request_summary": approval.request_summary, **extra,
-        })
+        self._tape("tool_approval_request", steps.approval_request(
+            proposal.proposal_id, proposal.call.name, proposal.arguments, approval, **extra))
         self.waiting = "approval"
         self.token += 1
         self._arm_wall_clock()
@@ -711,11 +686,9 @@ class RunActor(Supervised):
             return
         self.waiting = None
         self.token += 1  # the approval timer is now stale
-        self._tape("tool_approval_response", {
-            "proposal_id": proposal.proposal_id, "approval_id": msg.approval_id,
-            "approved": msg.approved, "reason": msg.reason, "decision_scope": msg.scope,
-            "decision_scope_ttl_ms": msg.ttl_ms,
-        })
+        self._tape("tool_approval_response", steps.approval_response(
+            proposal.proposal_id, msg.approval_id, msg.approved, msg.reason,
+            decision_scope=msg.scope, decision_scope_ttl_ms=msg.ttl_ms))
         self._decide(proposal, msg.approved)
 
     def _approval_timed_out(self) -> None:
@@ -732,16 +705,12 @@ class RunActor(Supervised):
                 # message that may have been lost with a restarting gateway.
                 self.waiting = None
                 approved = recorded == "allow"
-                self._tape("tool_approval_response", {
-                    "proposal_id": proposal.proposal_id, "approval_id": approval_id,
-                    "approved": approved, "reason": f"decided ({recorded}) before the timeout",
-                })
+                self._tape("tool_approval_response", steps.approval_response(
+                    proposal.proposal_id, approval_id, approved, f"decided ({recorded}) before the timeout"))
                 return self._decide(proposal, approved)
             self.waiting = None
-            self._tape("tool_approval_response", {
-                "proposal_id": proposal.proposal_id, "approval_id": approval_id, "approved": False,
-                "reason": reason, "decision": "timeout",
-            })
+            self._tape("tool_approval_response", steps.approval_response(
+                proposal.proposal_id, approval_id, False, reason, decision="timeout"))
             self._deny(proposal, ToolDecision("deny", f"tool execution denied: {reason}", True, True, False))
 
         self._op(_close_approval(approval_id, "timeout", reason, self.clock.now_ms()))
@@ -773,10 +742,7 @@ class RunActor(Supervised):
         self._durable(lambda _: self._execute(proposal))
 
     def _tape_decision(self, proposal: _Proposal, decision: ToolDecision) -> None:
-        self._tape("tool_decision", {
-            "proposal_id": proposal.proposal_id, "kind": decision.kind, "reason": decision.reason,
-            "approval_required": decision.approval_required, "policy_enforced": decision.policy_enforced,
-        })
+        self._tape("tool_decision", steps.tool_decision(proposal.proposal_id, decision))
 
     def _deny(self, proposal: _Proposal, decision: ToolDecision) -> None:
         self._tape_decision(proposal, decision)
@@ -832,20 +798,11 @@ class RunActor(Supervised):
 
     def _record_result(self, proposal: _Proposal, output: ToolOutput, executed_at_ms: int, *,
                        timed_out: bool, attest: bool = True) -> None:
-        output_json = orjson.dumps(output.output, option=orjson.OPT_SORT_KEYS)
-        self._tape("tool_result", {
-            "proposal_id": proposal.proposal_id, "tool_name": proposal.call.name,
-            "success": output.success, "output_json": output.output, "error": output.error,
-        })
+        name = proposal.call.name
+        self._tape("tool_result", steps.tool_result(proposal.proposal_id, name, output))
         if attest:
-            input_json = orjson.dumps(proposal.arguments, option=orjson.OPT_SORT_KEYS)
-            self._tape("tool_attestation", {
-                "proposal_id": proposal.proposal_id, "attestation_id": new_ulid(),
-                "execution_sha256": execution_sha256(
-                    proposal.proposal_id, proposal.call.name, input_json, output.success, output_json,
-                    output.error or "", timed_out, EXECUTOR, SANDBOX, executed_at_ms),
-                "executed_at_unix_ms": executed_at_ms, "timed_out": timed_out, "executor": EXECUTOR,
-            })
+            self._tape("tool_attestation", steps.tool_attestation(
+                new_ulid(), proposal.proposal_id, name, proposal.arguments, output, executed_at_ms, timed_out))
         content = orjson.dumps({"success": output.success, "tool_name": proposal.call.name,
                                 "error": output.error, "output": output.output}).decode()
         self.messages.append(Message("tool", content, tool_call_id=proposal.call.id))
