@@ -6,11 +6,13 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import orjson
 
 _BENCH_DIR = Path(__file__).resolve().parent
@@ -37,6 +39,38 @@ def pin_to_one_cpu() -> int | None:
 
 
 PINNED_CPU = pin_to_one_cpu()
+
+
+# The run workload of bench/runs.py and bench/run_costs.py: one allowed tool call and a
+# final answer.
+RUN_TEXT = 'hello bench\n@tool palyra.echo {"text": "hi"}'
+RUN_CONFIG = {"tools": {"allowed": ["palyra.echo"]}}
+
+
+def floor_runs_per_s(runs: int, rows_per_run: int) -> float:
+    """Bare apsw: the same tape rows per run, one transaction per run, nothing else."""
+    payload = '{"kind":"status","message":"' + "x" * 120 + '"}'
+    with tempfile.TemporaryDirectory() as d:
+        conn = apsw.Connection(f"{d}/floor.sqlite3")
+        # One statement per execute: apsw runs a multi-statement string lazily, and the
+        # pragma after a row-returning one would never run (the floor used FULL sync).
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE tape(run TEXT, seq INTEGER, type TEXT, payload TEXT, at INTEGER,"
+            " hash TEXT, prev TEXT, PRIMARY KEY(run, seq)) WITHOUT ROWID"
+        )
+        t0 = time.perf_counter()
+        for r in range(runs):
+            run = f"run-{r:010d}"
+            with conn:
+                conn.executemany(
+                    "INSERT INTO tape VALUES (?,?,?,?,?,?,?)",
+                    [(run, s, "status", payload, 0, "h" * 64, "p" * 64) for s in range(rows_per_run)],
+                )
+        elapsed = time.perf_counter() - t0
+        conn.close()
+    return runs / elapsed
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -12,13 +12,9 @@ from __future__ import annotations
 import tempfile
 import time
 
-import apsw
-from _common import emit, pct, timed_callers
+from _common import RUN_CONFIG, RUN_TEXT, emit, floor_runs_per_s, pct, timed_callers
 
 import palyra
-
-TEXT = 'hello bench\n@tool palyra.echo {"text": "hi"}'
-CONFIG = {"tools": {"allowed": ["palyra.echo"]}}
 
 
 def measure(rt: palyra.Runtime, runs: int, callers: int) -> dict:
@@ -28,7 +24,7 @@ def measure(rt: palyra.Runtime, runs: int, callers: int) -> dict:
         mine = []
         for i in range(per_caller):
             t0 = time.perf_counter()
-            result = rt.send(TEXT, session_key=f"bench-{n}-{i % 20}").wait(30)
+            result = rt.send(RUN_TEXT, session_key=f"bench-{n}-{i % 20}").wait(30)
             mine.append(time.perf_counter() - t0)
             assert result.state == "done", result
         return mine
@@ -42,50 +38,24 @@ def measure(rt: palyra.Runtime, runs: int, callers: int) -> dict:
     }
 
 
-def floor(runs: int, rows_per_run: int) -> float:
-    """Bare apsw: the same tape rows per run, one transaction per run, nothing else."""
-    payload = '{"kind":"status","message":"' + "x" * 120 + '"}'
-    with tempfile.TemporaryDirectory() as d:
-        conn = apsw.Connection(f"{d}/floor.sqlite3")
-        # One statement per execute: apsw runs a multi-statement string lazily, and the
-        # pragma after a row-returning one would never run (the floor used FULL sync).
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE tape(run TEXT, seq INTEGER, type TEXT, payload TEXT, at INTEGER,"
-            " hash TEXT, prev TEXT, PRIMARY KEY(run, seq)) WITHOUT ROWID"
-        )
-        t0 = time.perf_counter()
-        for r in range(runs):
-            run = f"run-{r:010d}"
-            with conn:
-                conn.executemany(
-                    "INSERT INTO tape VALUES (?,?,?,?,?,?,?)",
-                    [(run, s, "status", payload, 0, "h" * 64, "p" * 64) for s in range(rows_per_run)],
-                )
-        elapsed = time.perf_counter() - t0
-        conn.close()
-    return runs / elapsed
-
-
 def main() -> None:
     figures: dict = {"bench": "runs", "workload": "1 allowed tool call + final answer"}
-    with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(d, CONFIG) as rt:
-        rt.send(TEXT, session_key="warmup").wait(30)
+    with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(d, RUN_CONFIG) as rt:
+        rt.send(RUN_TEXT, session_key="warmup").wait(30)
         figures["sequential"] = measure(rt, 1500, 1)
         figures["concurrent_50"] = measure(rt, 2000, 50)
         sample = rt.runs(limit=1)[0]
         rows = len(rt.tape(sample.run_id))
         assert rt.verify_journal().ok
     with tempfile.TemporaryDirectory() as d, palyra.Runtime.start(
-        d, {**CONFIG, "governance": {"enabled": False}}
+        d, {**RUN_CONFIG, "governance": {"enabled": False}}
     ) as rt:
-        rt.send(TEXT, session_key="warmup").wait(30)
+        rt.send(RUN_TEXT, session_key="warmup").wait(30)
         figures["sequential_governance_disabled"] = measure(rt, 1500, 1)
     figures["governance_overhead_p50_ratio"] = round(
         figures["sequential"]["p50_ms"] / figures["sequential_governance_disabled"]["p50_ms"], 3)
     figures["tape_rows_per_run"] = rows
-    floor_rate = floor(2000, rows)
+    floor_rate = floor_runs_per_s(2000, rows)
     figures["floor_bare_apsw_runs_per_s"] = round(floor_rate, 1)
     figures["ratio_sequential_to_floor"] = round(figures["sequential"]["runs_per_s"] / floor_rate, 4)
     figures["ratio_concurrent_to_floor"] = round(figures["concurrent_50"]["runs_per_s"] / floor_rate, 4)
