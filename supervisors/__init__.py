@@ -8,7 +8,6 @@ from supervisors.supervised import Supervised
 from supervisors.supervisor import (
     ChildStartFailed,
     IntensityExceeded,
-    LaunchChild,
     StartChild,
     StopChild,
     Supervisor,
@@ -19,6 +18,6 @@ from supervisors.tree import RootHandle, start_root, supervisor_spec
 
 __all__ = [
     "ActorTable", "Address", "Chaos", "ChildContext", "ChildExit", "ChildSpec", "ChildStartFailed",
-    "IntensityExceeded", "LaunchChild", "Names", "RootHandle", "Services", "StartChild", "StopChild",
+    "IntensityExceeded", "Names", "RootHandle", "Services", "StartChild", "StopChild",
     "Supervised", "SupervisionEvent", "Supervisor", "Timers", "start_root", "supervisor_spec",
 ]

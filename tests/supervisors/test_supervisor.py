@@ -6,16 +6,7 @@ import pykka
 import pytest
 
 from palyra.errors import ActorUnavailable, NotFound
-from supervisors import (
-    Address,
-    Chaos,
-    ChildSpec,
-    LaunchChild,
-    StartChild,
-    Supervisor,
-    start_root,
-    supervisor_spec,
-)
+from supervisors import Address, Chaos, ChildSpec, StartChild, start_root, supervisor_spec
 from tests.supervisors.conftest import Counter, Recorder
 
 
@@ -209,38 +200,6 @@ def test_dynamic_children_start_and_transient_exit_is_forgotten(services):
     while services.table.get("run:1") is not None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert services.table.get("run:1") is None
-
-
-class FailureNotingSupervisor(Supervisor):
-    failed: list[tuple[str, str]] = []
-
-    def child_failed(self, spec: ChildSpec, reason: str) -> None:
-        FailureNotingSupervisor.failed.append((spec.name, reason))
-
-
-def test_launch_starts_a_child_hands_it_its_first_message_and_drops_a_duplicate(services):
-    start(services, [])
-    root = services.names.get("root")
-    root.tell(LaunchChild(spec("run:1", restart="temporary"), "stop-normally"))  # stops on its first message
-    root.tell(LaunchChild(spec("run:2"), None))
-    root.tell(LaunchChild(spec("run:2"), "stop-normally"))  # a duplicate: dropped, run:2 keeps going
-    assert Address(services.names, "run:2").call("bump") == 1  # run:2 is up, and first of its name
-    deadline = time.monotonic() + 5
-    while services.table.get("run:1") is not None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert services.table.get("run:1") is None  # it got "stop-normally" and was forgotten
-    assert Address(services.names, "run:2").call("bump") == 2
-
-
-def test_a_launch_whose_start_fails_goes_to_child_failed_and_frees_the_name(services):
-    FailureNotingSupervisor.failed.clear()
-    start(services, [], actor=FailureNotingSupervisor)
-    root = services.names.get("root")
-    root.tell(LaunchChild(spec("run:1", kwargs={"fail_init": lambda: True}), "stop-normally"))
-    root.tell(LaunchChild(spec("run:1"), None))  # the name is free again
-    assert Address(services.names, "run:1").call("bump") == 1
-    assert [name for name, _ in FailureNotingSupervisor.failed] == ["run:1"]
-    assert "init failed on purpose" in FailureNotingSupervisor.failed[0][1]
 
 
 def test_chaos_on_unknown_actor_raises_not_found(services):
