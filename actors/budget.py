@@ -195,6 +195,12 @@ class BudgetActor(AsyncJournalWrites, Supervised):
         svc = self.services
         self.clock = svc.clock
         self.conn = connect(svc.state_dir, svc.config.journal)
+        # A previous incarnation (killed, or abandoned as hung) may have reservation writes
+        # still queued at the journal. Read the ledger only after they are on disk: the
+        # single writer commits in arrival order, so an empty write that commits is a
+        # barrier behind them. Without it a reservation granted just before the restart is
+        # missing from the rebuilt ledger, and its slot is granted twice.
+        svc.journal.write()
         q = gstore.GovernanceQueries(self.conn)
         self.conn.execute("BEGIN")  # one snapshot: ledger events and run states agree
         try:

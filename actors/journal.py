@@ -16,10 +16,11 @@ import threading
 import time
 from typing import Any
 
+import pykka
 from pykka._envelope import Envelope
 
 from palyra.clock import Clock
-from palyra.errors import ActorUnavailable
+from palyra.errors import ActorUnavailable, Superseded
 from palyra.journal.store import (
     AppendResult,
     EventDraft,
@@ -59,7 +60,8 @@ class JournalActor(Supervised):
         svc = self.services
         self.settings: JournalSettings = svc.config.journal
         self.conn = open_writer_connection(svc.state_dir, self.settings, svc.clock)
-        self.writer = Writer(self.conn, self.settings, svc.clock)
+        self.writer = Writer(self.conn, self.settings, svc.clock,
+                             still_writer=lambda: not self.abandoned.is_set())
         self.batches = 0
         self.writes = 0
 
@@ -84,6 +86,10 @@ class JournalActor(Supervised):
         for write, outcome in zip(batch, outcomes, strict=True):
             if outcome.ok:
                 write.reply(outcome.value)
+            elif isinstance(outcome.error, Superseded):
+                # abandoned as hung: never handled here, so its sender re-sends it to
+                # the incarnation that took over (which writes after anything we did)
+                write.fail(pykka.ActorDeadError(str(outcome.error)))
             else:
                 write.fail(outcome.error)  # type: ignore[arg-type]
         return None

@@ -116,6 +116,12 @@ class JournalError(PalyraError):
     code = "journal_error"
 
 
+class Superseded(JournalError):
+    """A journal writer that was replaced refused a batch: nothing of it was written."""
+
+    code = "journal_superseded"
+
+
 class ChainBroken(JournalError):
     code = "chain_broken"
 

@@ -29,6 +29,7 @@ from palyra.errors import (
     JournalError,
     PayloadTooLarge,
     ResourceExhausted,
+    Superseded,
 )
 from palyra.ids import new_ulid
 from palyra.journal.schema import migrate
@@ -399,11 +400,16 @@ class Writer:
     """The single writer: applies batches of operation lists as one transaction."""
 
     def __init__(
-        self, conn: apsw.Connection, settings: JournalSettings, clock: Clock = SYSTEM_CLOCK
+        self, conn: apsw.Connection, settings: JournalSettings, clock: Clock = SYSTEM_CLOCK,
+        *, still_writer: Callable[[], bool] | None = None,
     ) -> None:
         self.conn = conn
         self.settings = settings
         self.clock = clock
+        # Asked while holding SQLite's write lock, before anything is written: False means
+        # another writer has taken over (this one was abandoned as hung), and the batch is
+        # refused whole rather than committed behind its successor's back.
+        self.still_writer = still_writer
         self.observed: list[tuple[str, Any]] = []  # what the last committed batch wrote
 
     def apply(self, batch: Sequence[Sequence[Operation]]) -> list[Outcome]:
@@ -420,6 +426,8 @@ class Writer:
             outcomes = self._run(batch, isolate=False)
             if outcomes is None:
                 outcomes = self._run(batch, isolate=True)
+        except Superseded as exc:
+            return [Outcome(False, error=exc) for _ in batch]
         except BaseException as exc:
             if not self.conn.getautocommit():
                 self.conn.execute("ROLLBACK")
@@ -431,6 +439,9 @@ class Writer:
     def _run(self, batch: Sequence[Sequence[Operation]], *, isolate: bool) -> list[Outcome] | None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
+        if self.still_writer is not None and not self.still_writer():
+            conn.execute("ROLLBACK")
+            raise Superseded("this journal writer was replaced; the batch was not written")
         txn = Txn(conn, self.settings, self.clock)
         outcomes: list[Outcome] = []
         for ops in batch:

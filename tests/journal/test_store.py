@@ -7,7 +7,7 @@ import apsw
 import orjson
 import pytest
 
-from palyra.errors import AlreadyExists, PayloadTooLarge, ResourceExhausted
+from palyra.errors import AlreadyExists, PayloadTooLarge, ResourceExhausted, Superseded
 from palyra.journal.schema import LATEST_VERSION, current_version, migrate
 from palyra.journal.store import (
     EventDraft,
@@ -205,3 +205,18 @@ def test_canonical_form_is_documented_and_stable():
     assert canonical_bytes({"b": 1, "a": "x"}) == b'{"a":"x","b":1}'
     assert chain_hash(None, {"a": 1}) == chain_hash("", {"a": 1})
     assert chain_hash("00", {"a": 1}) != chain_hash(None, {"a": 1})
+
+
+def test_a_writer_that_was_replaced_writes_nothing_of_its_batch(writer, tmp_path):
+    append(writer, "before")
+    current = [True]
+    guarded = Writer(writer.conn, JournalSettings(), still_writer=lambda: current[0])
+    assert guarded.apply([[append_op(EventDraft.build("while_current", {}))]])[0].ok
+    current[0] = False  # its successor has taken over: this batch must not land behind it
+    outcomes = guarded.apply([[append_op(EventDraft.build("late", {}))],
+                              [append_op(EventDraft.build("late", {}))]])
+    assert [type(o.error) for o in outcomes] == [Superseded, Superseded]
+    with Reader(tmp_path) as reader:
+        kinds = [e["kind"] for e in reader.recent(10)]
+    assert "late" not in kinds and {"before", "while_current"} <= set(kinds)
+    assert writer.conn.getautocommit()  # the lock was given back
