@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 
 from palyra.errors import InvalidInput
+from palyra.validation import non_empty_text
 
 RUN = "run"
 BACKGROUND_TASK = "background_task"
@@ -39,9 +40,7 @@ class WorkHeartbeatRecord:
         if self.domain not in DOMAINS:
             raise InvalidInput(f"unknown heartbeat domain {self.domain!r}",
                                details={"field": "domain"})
-        if not isinstance(self.subject_id, str) or not self.subject_id:
-            raise InvalidInput("heartbeat subject_id must be a non-empty string",
-                               details={"field": "subject_id"})
+        non_empty_text(self.subject_id, "subject_id")
 
     @property
     def heartbeat_key(self) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from palyra.errors import InvalidInput, InvalidTransition
+from palyra.validation import non_empty_text
 
 WATCHDOG = "watchdog"
 APPROVAL = "approval"
@@ -79,9 +80,7 @@ class IncidentObservation:
         if self.severity not in SEVERITIES:
             raise InvalidInput(f"unknown incident severity {self.severity!r}",
                                details={"field": "severity"})
-        if not isinstance(self.dedupe_key, str) or not self.dedupe_key:
-            raise InvalidInput("dedupe_key must be a non-empty string",
-                               details={"field": "dedupe_key"})
+        non_empty_text(self.dedupe_key, "dedupe_key")
 
     @property
     def incident_id(self) -> str:

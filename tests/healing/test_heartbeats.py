@@ -34,8 +34,10 @@ def test_beat_is_an_upsert() -> None:
     with pytest.raises(InvalidInput) as err:
         hb.beat("robot", "R1", now_ms=T0)
     assert err.value.details["field"] == "domain"
-    with pytest.raises(InvalidInput):
-        hb.beat("run", "", now_ms=T0)
+    for blank in ("", "   "):
+        with pytest.raises(InvalidInput) as err:
+            hb.beat("run", blank, now_ms=T0)
+        assert err.value.details["field"] == "subject_id"
 
 
 @pytest.mark.parametrize(("domain", "threshold"), [

@@ -76,7 +76,7 @@ def test_remediating_state() -> None:
 
 def test_observation_validation() -> None:
     for field, bad in (("domain", {"domain": "weather"}), ("severity", {"severity": "meh"}),
-                       ("dedupe_key", {"key": ""})):
+                       ("dedupe_key", {"key": ""}), ("dedupe_key", {"key": "  "})):
         with pytest.raises(InvalidInput) as err:
             obs(**bad)  # type: ignore[arg-type]
         assert err.value.details["field"] == field
