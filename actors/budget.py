@@ -191,6 +191,8 @@ class RequestOverride(Request):
 
 
 class BudgetActor(AsyncJournalWrites, Supervised):
+    adopts_predecessor_writes = False  # grants come from this incarnation's ledger only
+
     def init(self) -> None:
         svc = self.services
         self.clock = svc.clock

@@ -69,6 +69,12 @@ class AsyncJournalWrites:
 
     services: Any
     actor_ref: Any
+    # False for an actor whose writes record decisions taken from state it rebuilds at
+    # start (the budget ledger): a write its predecessor left behind (handed over as a
+    # Redispatch) is dropped and its caller asked to retry here, and an incarnation
+    # abandoned as hung sends nothing more. Replaying them would commit decisions the
+    # successor's rebuilt state does not know.
+    adopts_predecessor_writes = True
     _continuations: dict[int, tuple[Write, Callable[[Write], None]]]
     _callers: dict[int, Any]
 
@@ -129,12 +135,28 @@ class AsyncJournalWrites:
             self._committed(message.write)
             return True
         if type(message) is Redispatch:
+            if not self.adopts_predecessor_writes and id(message.write) not in self._pending():
+                self._disown(message.write)
+                return True
             self._dispatch(message.write)
             return True
         return False
 
+    def _disown(self, write: Write) -> None:
+        if write.caller is not None:
+            write.caller.fail(pykka.ActorDeadError("the incarnation that wrote this is gone"))
+
     def _dispatch(self, write: Write) -> None:
-        if not tell_by_name(self.services.names, JOURNAL, write):
+        if self.adopts_predecessor_writes:
+            sent = tell_by_name(self.services.names, JOURNAL, write)
+        else:
+            outcome: list[bool] = []
+            if not self.while_current(  # type: ignore[attr-defined]
+                    lambda: outcome.append(tell_by_name(self.services.names, JOURNAL, write))):
+                self._disown(write)  # abandoned: a successor decides afresh
+                return
+            sent = outcome[0]
+        if not sent:
             self._retry_later(write)
 
     def _retry_later(self, write: Write) -> None:
@@ -146,8 +168,7 @@ class AsyncJournalWrites:
         if entry is None or entry[0] is not write:
             # Started by an incarnation that is gone (this commit was handed over to us):
             # its continuation is lost, so let the waiting caller retry idempotently.
-            if write.caller is not None:
-                write.caller.fail(pykka.ActorDeadError("the incarnation that wrote this is gone"))
+            self._disown(write)
             return
         if isinstance(write.error, RETRYABLE):
             write.rearm()  # never handled (or the batch failed as a whole): send again

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -81,6 +82,7 @@ class Supervised(pykka.ThreadingActor):
         super().__init__()
         self.ctx = ctx
         self.abandoned = threading.Event()
+        self._succession = threading.Lock()  # orders an act against abandonment (while_current)
         self._hang_release = threading.Event()
         self._reported = False
         self.init_error: BaseException | None = None
@@ -260,9 +262,22 @@ class Supervised(pykka.ThreadingActor):
 
     def abandon(self) -> list[Envelope[Any]]:
         """Mark this incarnation as replaced; return its queued, unhandled messages."""
-        self.abandoned.set()
+        with self._succession:
+            self.abandoned.set()
         inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
         return inbox.drain()
+
+    def while_current(self, act: Callable[[], Any]) -> bool:
+        """Run ``act`` unless this incarnation was abandoned; False if it was.
+
+        Atomic with :meth:`abandon`: an act that runs here happens before the supervisor
+        starts a successor, so the successor sees its effects (a write it sent reaches
+        the journal ahead of anything the successor sends)."""
+        with self._succession:
+            if self.abandoned.is_set():
+                return False
+            act()
+            return True
 
     def release_hang(self) -> None:
         self._hang_release.set()

@@ -10,12 +10,17 @@ import time
 from collections import Counter
 from typing import Any
 
+import pykka
 import pytest
 
 import palyra
+from actors.journal import Write
+from actors.writing import Redispatch
 from palyra.governance import Ledger
+from palyra.governance import store as gstore
 from palyra.journal.store import Writer
 from palyra.records import RunResult
+from supervisors.request import Request
 from tests.governance_runtime.support import (
     CHAOS_SUPERVISION,
     PER_RUN,
@@ -282,6 +287,25 @@ def test_a_successor_rebuilds_its_ledger_after_its_predecessors_reservation_comm
         pytest.fail("the budget actor was not restarted around the reservation's commit")
     assert f"{run.id}:1" in seen[0], "the successor's ledger misses its predecessor's reservation"
     assert result.state == "done"
+
+
+def test_a_budget_actor_never_sends_a_write_its_predecessor_left_behind(start_runtime):
+    """An abandoned incarnation's pending re-sends are handed to its successor: for the
+    budget they hold grants from a ledger the successor never saw, so they are dropped
+    and their callers asked again instead of being committed behind its back."""
+    rt = start_runtime(DETERMINISTIC)
+    event = {"type": "reserved", "reservation_id": "01J0000000000000000000000X:1", "tokens": 8,
+             "cost_micro_usd": 0, "principal": "user:local", "session_id": "S", "at_unix_ms": 1}
+    left_behind = Write((gstore.append_ledger_events([event], 1),))
+    caller = Request()
+    left_behind.caller = caller
+    rt.services.names.get("budget").tell(Redispatch(left_behind))
+    with pytest.raises(pykka.ActorDeadError):
+        caller.wait(5)
+    assert rt.budgets.reserved()["reservations"] == 0
+    rt.stop()
+    again = start_runtime(DETERMINISTIC)  # rebuilt from the journal alone
+    assert again.budgets.reserved()["reservations"] == 0
 
 
 @pytest.mark.chaos

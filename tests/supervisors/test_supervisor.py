@@ -7,6 +7,7 @@ import pytest
 
 from palyra.errors import ActorUnavailable, NotFound
 from supervisors import Address, Chaos, ChildSpec, StartChild, start_root, supervisor_spec
+from supervisors.supervised import actor_of
 from tests.supervisors.conftest import Counter, Recorder
 
 
@@ -200,6 +201,16 @@ def test_dynamic_children_start_and_transient_exit_is_forgotten(services):
     while services.table.get("run:1") is not None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert services.table.get("run:1") is None
+
+
+def test_an_abandoned_incarnation_acts_no_more(services):
+    start(services, [spec("a")])
+    actor = actor_of(services.names.get("a"))
+    acted: list[str] = []
+    assert actor.while_current(lambda: acted.append("before"))
+    actor.abandon()
+    assert not actor.while_current(lambda: acted.append("after"))
+    assert acted == ["before"]
 
 
 def test_chaos_on_unknown_actor_raises_not_found(services):
