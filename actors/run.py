@@ -62,6 +62,7 @@ from supervisors.supervised import Supervised
 
 log = logging.getLogger("palyra.run")
 
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     run_id: str
@@ -803,7 +804,7 @@ class RunActor(Supervised):
         if attest:
             self._tape("tool_attestation", steps.tool_attestation(
                 new_ulid(), proposal.proposal_id, name, proposal.arguments, output, executed_at_ms, timed_out))
-        content = orjson.dumps({"success": output.success, "tool_name": proposal.call.name,
+        content = orjson.dumps({"success": output.success, "tool_name": name,
                                 "error": output.error, "output": output.output}).decode()
         self.messages.append(Message("tool", content, tool_call_id=proposal.call.id))
 

@@ -143,20 +143,18 @@ class AsyncJournalWrites:
         return False
 
     def _disown(self, write: Write) -> None:
+        """A write this incarnation will not act on: its caller asks again elsewhere."""
         if write.caller is not None:
             write.caller.fail(pykka.ActorDeadError("the incarnation that wrote this is gone"))
 
     def _dispatch(self, write: Write) -> None:
         if self.adopts_predecessor_writes:
-            sent = tell_by_name(self.services.names, JOURNAL, write)
-        else:
-            outcome: list[bool] = []
-            if not self.while_current(  # type: ignore[attr-defined]
-                    lambda: outcome.append(tell_by_name(self.services.names, JOURNAL, write))):
-                self._disown(write)  # abandoned: a successor decides afresh
-                return
-            sent = outcome[0]
-        if not sent:
+            self._send(write)
+        elif not self.while_current(lambda: self._send(write)):  # type: ignore[attr-defined]
+            self._disown(write)  # abandoned: a successor decides afresh
+
+    def _send(self, write: Write) -> None:
+        if not tell_by_name(self.services.names, JOURNAL, write):
             self._retry_later(write)
 
     def _retry_later(self, write: Write) -> None:
