@@ -63,7 +63,7 @@ from supervisors.names import Address
 from supervisors.request import Request
 from supervisors.spec import ChildSpec
 from supervisors.supervised import Supervised
-from supervisors.supervisor import StartChild
+from supervisors.supervisor import LaunchChild
 
 log = logging.getLogger("palyra.gateway")
 
@@ -326,14 +326,9 @@ class GatewayActor(AsyncJournalWrites, Supervised):
             restart="temporary", probe_interval=sup.probe_interval, probe_timeout=sup.probe_timeout,
             shutdown_timeout=sup.shutdown_timeout,
         )
-        try:
-            self.runs.ask(StartChild(child))
-        except ValueError:
-            return  # already running (a duplicate recovery)
-        except Exception as exc:
-            raise ActorUnavailable(str(exc)) from exc
-        # If it died at once, its supervisor fails the run.
-        tell_by_name(self.services.names, child.name, Begin())
+        # The gateway never waits for a run actor to start: its supervisor starts it and
+        # hands it Begin, drops a duplicate, and fails the run if the start fails.
+        self.runs.tell(LaunchChild(child, Begin()))
 
     def _launch_existing(self, run_id: str) -> None:
         """Start the actor of an ``accepted`` run that has none (after a restart)."""

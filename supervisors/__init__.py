@@ -8,6 +8,7 @@ from supervisors.supervised import Supervised
 from supervisors.supervisor import (
     ChildStartFailed,
     IntensityExceeded,
+    LaunchChild,
     StartChild,
     StopChild,
     Supervisor,
@@ -18,6 +19,6 @@ from supervisors.tree import RootHandle, start_root, supervisor_spec
 
 __all__ = [
     "ActorTable", "Address", "Chaos", "ChildContext", "ChildExit", "ChildSpec", "ChildStartFailed",
-    "IntensityExceeded", "Names", "RootHandle", "Services", "StartChild", "StopChild",
+    "IntensityExceeded", "LaunchChild", "Names", "RootHandle", "Services", "StartChild", "StopChild",
     "Supervised", "SupervisionEvent", "Supervisor", "Timers", "start_root", "supervisor_spec",
 ]

@@ -47,6 +47,19 @@ class StartChild:
 
 
 @dataclasses.dataclass(frozen=True)
+class LaunchChild:
+    """Start a dynamic child and hand it ``first``, answering nobody.
+
+    For senders that must not wait on a supervisor (the gateway starting a run): a start
+    that fails goes to :meth:`Supervisor.child_failed` like a crash would, and a launch
+    of a name that is already a child (two recoveries racing) is dropped.
+    """
+
+    spec: ChildSpec
+    first: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
 class StopChild:
     name: str
 
@@ -121,6 +134,8 @@ class Supervisor(Supervised):
             return self._on_tick()
         if isinstance(message, StartChild):
             return self._start_dynamic(message.spec)
+        if isinstance(message, LaunchChild):
+            return self._launch_dynamic(message)
         if isinstance(message, StopChild):
             return self._stop_dynamic(message.name)
         return super().on_receive(message)
@@ -191,6 +206,22 @@ class Supervisor(Supervised):
             raise
         if spec.probe_interval is not None:
             self._schedule_tick()
+
+    def _launch_dynamic(self, launch: LaunchChild) -> None:
+        if self._spec(launch.spec.name) is not None:
+            log.debug("%s: %s is already a child; launch dropped", self.path, launch.spec.name)
+            return
+        try:
+            self._start_dynamic(launch.spec)
+        except Exception as exc:  # its init failed, or starting it did: nobody waits to hear
+            self._forget(launch.spec)
+            self.child_failed(launch.spec, f"start failed: {exc}")
+            return
+        if launch.first is not None:
+            try:
+                self.current[launch.spec.name].tell(launch.first)
+            except pykka.ActorDeadError:
+                pass  # it died after its start probe: its exit report is on its way
 
     def _stop_dynamic(self, name: str) -> bool:
         spec = self._spec(name)

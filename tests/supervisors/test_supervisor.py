@@ -6,9 +6,19 @@ import pykka
 import pytest
 
 from palyra.errors import ActorUnavailable, NotFound
-from supervisors import Address, Chaos, ChildSpec, StartChild, start_root, supervisor_spec
+from supervisors import (
+    Address,
+    Chaos,
+    ChildSpec,
+    LaunchChild,
+    StartChild,
+    Supervisor,
+    start_root,
+    supervisor_spec,
+)
 from supervisors.supervised import actor_of
 from tests.supervisors.conftest import Counter, Recorder
+from tests.support.wait import holds_within, until
 
 
 def spec(name: str, **kw) -> ChildSpec:
@@ -94,8 +104,9 @@ def test_transient_child_not_restarted_after_normal_exit(services, recorder):
     ref = services.names.get("t")
     ref.tell("stop-normally")
     ref.actor_stopped.wait(2)
-    time.sleep(0.05)  # give a (wrong) restart the chance to happen
-    assert services.names.get("t") is None
+    until(lambda: services.names.get("t") is None, timeout=2, what="t unregistered")
+    # a (wrong) restart would show within 50 ms
+    assert not holds_within(lambda: services.names.get("t") is not None, 0.05)
     assert not [e for e in recorder.events if e.kind == "actor.restarted"]
 
 
@@ -197,10 +208,7 @@ def test_dynamic_children_start_and_transient_exit_is_forgotten(services):
     root.ask(StartChild(spec("run:1", restart="transient")))
     assert Address(services.names, "run:1").call("bump") == 1
     services.names.get("run:1").tell("stop-normally")
-    deadline = time.monotonic() + 2
-    while services.table.get("run:1") is not None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert services.table.get("run:1") is None
+    until(lambda: services.table.get("run:1") is None, timeout=2, what="run:1 forgotten")
 
 
 def test_an_abandoned_incarnation_acts_no_more(services):
@@ -211,6 +219,36 @@ def test_an_abandoned_incarnation_acts_no_more(services):
     actor.abandon()
     assert not actor.while_current(lambda: acted.append("after"))
     assert acted == ["before"]
+
+
+class FailureNotingSupervisor(Supervisor):
+    failed: list[tuple[str, str]] = []
+
+    def child_failed(self, spec: ChildSpec, reason: str) -> None:
+        FailureNotingSupervisor.failed.append((spec.name, reason))
+
+
+def test_launch_starts_a_child_hands_it_its_first_message_and_drops_a_duplicate(services):
+    start(services, [])
+    root = services.names.get("root")
+    root.tell(LaunchChild(spec("run:1", restart="temporary"), "stop-normally"))  # stops on its first message
+    root.tell(LaunchChild(spec("run:2"), None))
+    root.tell(LaunchChild(spec("run:2"), "stop-normally"))  # a duplicate: dropped, run:2 keeps going
+    assert Address(services.names, "run:2").call("bump") == 1  # run:2 is up, and first of its name
+    # it got "stop-normally" and was forgotten
+    until(lambda: services.table.get("run:1") is None, what="run:1 forgotten")
+    assert Address(services.names, "run:2").call("bump") == 2
+
+
+def test_a_launch_whose_start_fails_goes_to_child_failed_and_frees_the_name(services):
+    FailureNotingSupervisor.failed.clear()
+    start(services, [], actor=FailureNotingSupervisor)
+    root = services.names.get("root")
+    root.tell(LaunchChild(spec("run:1", kwargs={"fail_init": lambda: True}), "stop-normally"))
+    root.tell(LaunchChild(spec("run:1"), None))  # the name is free again
+    assert Address(services.names, "run:1").call("bump") == 1
+    assert [name for name, _ in FailureNotingSupervisor.failed] == ["run:1"]
+    assert "init failed on purpose" in FailureNotingSupervisor.failed[0][1]
 
 
 def test_chaos_on_unknown_actor_raises_not_found(services):
