@@ -195,13 +195,13 @@ class Supervisor(Supervised):
             self._emit("actor.leaked", spec, f"did not stop within {spec.shutdown_timeout}s")
 
     def _start_dynamic(self, spec: ChildSpec) -> None:
-        if any(s.name == spec.name for s in self.specs):
+        if self._spec(spec.name) is not None:
             raise ValueError(f"child {spec.name!r} already exists under {self.path}")
         self.specs.append(spec)
         self._dynamic.add(spec.name)
         try:
             self._start_child(spec)
-        except ChildStartFailed:
+        except Exception:  # its init failed, or constructing it did: the name is free again
             self._forget(spec)
             raise
         if spec.probe_interval is not None:
@@ -213,8 +213,7 @@ class Supervisor(Supervised):
             return
         try:
             self._start_dynamic(launch.spec)
-        except Exception as exc:  # its init failed, or starting it did: nobody waits to hear
-            self._forget(launch.spec)
+        except Exception as exc:  # nobody waits to hear: fail it like a crash
             self.child_failed(launch.spec, f"start failed: {exc}")
             return
         if launch.first is not None:

@@ -211,6 +211,15 @@ def test_dynamic_children_start_and_transient_exit_is_forgotten(services):
     until(lambda: services.table.get("run:1") is None, timeout=2, what="run:1 forgotten")
 
 
+def test_a_dynamic_child_that_cannot_even_be_constructed_frees_its_name(services):
+    start(services, [])
+    root = services.names.get("root")
+    with pytest.raises(TypeError):
+        root.ask(StartChild(spec("run:1", kwargs={"no_such_argument": 1})))
+    root.ask(StartChild(spec("run:1")))
+    assert Address(services.names, "run:1").call("bump") == 1
+
+
 def test_an_abandoned_incarnation_acts_no_more(services):
     start(services, [spec("a")])
     actor = actor_of(services.names.get("a"))
